@@ -1,0 +1,48 @@
+"""Model shape: a typed dataclass that recipes and CLI flags fill in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a Llama-family (or TransNormerLLM) decoder. Field names follow Megatron-LM's flags."""
+
+    num_layers: int = 2
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None  # None: multi-head attention (as many KV heads as query heads)
+    ffn_hidden_size: Optional[int] = None  # None: Llama's rule, 2/3 * 4h rounded up to a multiple of 256
+    kv_channels: Optional[int] = None  # head dim; None: hidden / heads
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer
+    max_position_embeddings: int = 2048
+    rotary_base: float = 10000.0
+    norm_epsilon: float = 1e-5
+    untie_embeddings_and_output_weights: bool = True
+    init_method_std: float = 0.02
+    architecture: str = "llama"  # "llama" | "transnormer"
+
+    def __post_init__(self) -> None:
+        if self.num_query_groups is None:
+            self.num_query_groups = self.num_attention_heads
+        if self.ffn_hidden_size is None:
+            ffn = int(2 * 4 * self.hidden_size / 3)
+            self.ffn_hidden_size = 256 * ((ffn + 255) // 256)
+        if self.kv_channels is None:
+            self.kv_channels = self.hidden_size // self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return int(self.kv_channels)
+
+    def num_parameters(self, vocab_size: Optional[int] = None) -> int:
+        """Exact parameter count of the megatron-core model this config builds (no padding of the vocabulary)."""
+        v = vocab_size or self.vocab_size or 0
+        h, f, d = self.hidden_size, self.ffn_hidden_size, self.head_dim
+        q = self.num_attention_heads * d
+        kv = self.num_query_groups * d
+        per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h  # qkv, out proj, SwiGLU (gate+up, down), 2 norms
+        embeddings = v * h * (2 if self.untie_embeddings_and_output_weights else 1)
+        return self.num_layers * per_layer + embeddings + h  # + final norm

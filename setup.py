@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-llm",
+    version="0.1.0",
+    description="Megatron-style 3D-parallel LLM pretraining on megatron-core",
+    packages=find_packages(include=["megatron_llm", "megatron_llm.*"]),
+    package_data={"megatron_llm": ["config/recipes/*.yaml", "data/resources/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "megatron-core>=0.16,<0.17",
+        "numpy",
+        "sentencepiece",
+        "tokenizers",
+        "tensorboard",
+        "pyyaml",
+        "nvidia-ml-py",
+        "tqdm",
+        "zstandard",
+        "pyarrow",
+    ],
+    extras_require={
+        "te": ["transformer-engine[pytorch]"],
+        "test": ["pytest"],
+        "plots": ["matplotlib"],
+    },
+    entry_points={"console_scripts": ["megatron-llm=megatron_llm.cli:main"]},
+)
