@@ -1,0 +1,100 @@
+"""Train/valid/test GPT datasets from .bin/.idx through megatron-core's builders, and the per-rank batch stream.
+
+Sample order is global and fixed: iteration i consumes samples [i*GBS, (i+1)*GBS) of the training dataset, micro-
+batch m of data-parallel rank r reading a fixed slice of them. Resuming therefore only needs ``consumed_samples``,
+and a different DP size (same global batch) sees the same samples per iteration.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from megatron_llm.config.arguments import data_prefixes
+from megatron_llm.config.training import RunConfig
+
+
+def parse_blend(data_path: List[str]) -> Tuple[List[str], Optional[List[float]]]:
+    """Megatron's 'W1 P1 W2 P2' syntax -> (prefixes, weights); a single prefix has no weights."""
+    prefixes = data_prefixes(data_path)
+    if len(data_path) == 1:
+        return prefixes, None
+    return prefixes, [float(w) for w in data_path[0::2]]
+
+
+def dataset_sizes(cfg: RunConfig, global_batch_size: int) -> List[int]:
+    """Samples needed per split, as Megatron-LM computes them (eval runs at every interval and at the end)."""
+    t = cfg.train
+    train = t.train_iters * global_batch_size
+    evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
+    valid = evals * t.eval_iters * global_batch_size
+    test = t.eval_iters * global_batch_size
+    return [train, valid, test]
+
+
+class DatasetTokenizerView:
+    """What megatron-core's GPTDataset reads from a tokenizer (eod, pad, vocab size, and an identity for its
+    index-cache hashes), for any of our tokenizers."""
+
+    def __init__(self, tokenizer) -> None:
+        self.vocab_size = int(tokenizer.vocab_size)
+        self.eod = int(tokenizer.eod)
+        self.pad = int(getattr(tokenizer, "pad", None) if getattr(tokenizer, "pad", None) is not None
+                       else tokenizer.eod)
+        self.unique_identifiers = {"class": type(tokenizer).__name__, "vocab_size": self.vocab_size,
+                                   "eod": self.eod}
+
+
+def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int):
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+
+    d = cfg.data
+    blend = None if d.mock_data else parse_blend(d.data_path)
+    cache = d.data_cache_path
+    if cache is None and blend is not None:
+        cache = os.path.join(os.path.dirname(os.path.abspath(blend[0][0])), "index-cache")
+    config = GPTDatasetConfig(
+        random_seed=cfg.train.seed,
+        sequence_length=d.seq_length,
+        blend=blend,
+        split=d.split,
+        path_to_cache=cache,
+        tokenizer=DatasetTokenizerView(tokenizer),
+        reset_position_ids=d.reset_position_ids,
+        reset_attention_mask=False,
+        eod_mask_loss=d.eod_mask_loss,
+        create_attention_mask=False,  # causal attention needs no explicit mask
+    )
+    cls = MockGPTDataset if d.mock_data else GPTDataset
+    sizes = dataset_sizes(cfg, global_batch_size)
+    # megatron-core builds on rank 0 first (writing the index caches), then on the others from the cache.
+    return BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
+
+
+def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
+                  ) -> Iterator[Dict[str, torch.Tensor]]:
+    """Endless stream of this DP rank's micro-batches, starting at ``consumed_samples`` (global sample index)."""
+    if dataset is None:
+        return
+    n = len(dataset)
+    step = micro_batch_size * dp_size
+    idx = consumed_samples
+    while True:
+        start = idx + dp_rank * micro_batch_size
+        samples = [dataset[(start + k) % n] for k in range(micro_batch_size)]
+        idx += step
+        yield collate(samples)
+
+
+def collate(samples: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for key in samples[0]:
+        vals = [s[key] for s in samples]
+        if vals[0] is None:
+            continue
+        out[key] = torch.stack([torch.as_tensor(np.asarray(v)) for v in vals])
+    return out

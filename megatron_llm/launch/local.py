@@ -1,0 +1,85 @@
+"""Start one worker process per rank on this node, torchrun-style, unless a launcher (torchrun, srun) already did.
+
+Workers get RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT. SIGUSR1/SIGTERM/SIGINT
+sent to this process are forwarded to every worker (they checkpoint and exit); when one worker dies the others are
+stopped, so a crash never leaves ranks hanging in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_externally() -> bool:
+    """True inside torchrun / an srun task bridged by our Slurm script: this process is one rank already."""
+    return all(v in os.environ for v in LAUNCHER_VARS)
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+def worker_env(rank: int, nproc: int, master_addr: str, master_port: int, cpu: bool) -> dict:
+    env = dict(os.environ)
+    env.update(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+               MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), PYTHONUNBUFFERED="1")
+    if cpu and "OMP_NUM_THREADS" not in os.environ:
+        # N workers each using every core would oversubscribe the CPU many times over.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    return env
+
+
+def combine_exit_codes(codes: List[int], requeue_code: int) -> int:
+    """0 if all succeeded; the requeue code if every non-zero one is it; else the first real failure."""
+    failures = [c for c in codes if c != 0]
+    if not failures:
+        return 0
+    real = [c for c in failures if c != requeue_code]
+    return real[0] if real else requeue_code
+
+
+def run_workers(module: str, argv: List[str], nproc: int, master_addr: str = "127.0.0.1",
+                master_port: Optional[int] = None, cpu: bool = False, grace_s: float = 30.0) -> int:
+    from megatron_llm.training.signals import EXIT_CODE_REQUEUE
+
+    port = master_port or free_port(master_addr)
+    procs = [subprocess.Popen([sys.executable, "-m", module, *argv],
+                              env=worker_env(r, nproc, master_addr, port, cpu)) for r in range(nproc)]
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
+    try:
+        failed_at = None
+        while any(p.poll() is None for p in procs):
+            codes = [p.poll() for p in procs]
+            if failed_at is None and any(c not in (None, 0, EXIT_CODE_REQUEUE) for c in codes):
+                failed_at = time.monotonic()
+                bad = [r for r, c in enumerate(codes) if c not in (None, 0, EXIT_CODE_REQUEUE)]
+                print(f"[megatron-llm] rank {bad[0]} exited with {codes[bad[0]]}; stopping the other ranks",
+                      file=sys.stderr, flush=True)
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.2)
+        return combine_exit_codes([p.returncode for p in procs], EXIT_CODE_REQUEUE)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

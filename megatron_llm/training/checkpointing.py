@@ -1,0 +1,175 @@
+"""Checkpoints through megatron-core dist_checkpointing: layout-independent, so a run can resume at another TP/PP/DP.
+
+On disk:  <save>/iter_0000020/                 a complete dist_checkpointing directory
+          <save>/latest_checkpointed_iteration.txt   the newest complete one (written last, atomically)
+A save goes to iter_N.tmp and is renamed only after every rank has finished, so a crash mid-save never leaves a
+directory that looks complete, and `latest` never names one that is not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_llm.config.training import RunConfig
+
+TRACKER = "latest_checkpointed_iteration.txt"
+FORMAT_VERSION = 1
+# Optimizer state saved parameter by parameter in model space, so that TP/PP/DP may change on load.
+OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "singleton_local_shards": False,
+                  "chained_optim_avoid_prefix": True}
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def latest_iteration(root: str) -> Optional[int]:
+    path = os.path.join(root, TRACKER)
+    if not os.path.isfile(path):
+        return None
+    text = open(path).read().strip()
+    try:
+        it = int(text)
+    except ValueError:
+        raise RuntimeError(f"{path}: expected an iteration number, found {text!r}; "
+                           f"fix it or delete it to start from scratch") from None
+    if not os.path.isdir(checkpoint_dir(root, it)):
+        raise RuntimeError(f"{path} names iteration {it} but {checkpoint_dir(root, it)} is missing")
+    return it
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _model_sharded_state_dict(model: List[torch.nn.Module]) -> Dict[str, Any]:
+    if len(model) == 1:
+        return {"model": model[0].sharded_state_dict()}
+    return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(model)}
+
+
+def _layout() -> Dict[str, int]:
+    from megatron.core import parallel_state as ps
+
+    return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size()}
+
+
+def _rng_sharded_object(is_loading: bool):
+    """RNG state of this rank, keyed by its (pp, tp) position; restored only into the same layout."""
+    from megatron.core import parallel_state as ps
+    from megatron.core import tensor_parallel
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    state = None
+    if not is_loading:
+        state = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized()
+            else None,
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        }
+    pp, tp = ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()
+    return ShardedObject("rng_state", state, (pp, tp),
+                         (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+                         replica_id=ps.get_data_parallel_rank())
+
+
+def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, with_optim: bool,
+                with_rng: bool, iteration: int = 0, consumed: int = 0) -> Dict[str, Any]:
+    sd = _model_sharded_state_dict(model)
+    if with_optim:
+        merged = {}
+        for v in sd.values():
+            merged.update(v)
+        sd["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=is_loading, metadata=OPTIM_METADATA)
+        sd["opt_param_scheduler"] = scheduler.state_dict()
+    if with_rng:
+        sd["rng_state"] = _rng_sharded_object(is_loading)
+    sd["iteration"] = iteration
+    sd["consumed_samples"] = consumed
+    sd["layout"] = _layout()
+    sd["format_version"] = FORMAT_VERSION
+    return sd
+
+
+def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int) -> str:
+    from megatron.core import dist_checkpointing
+
+    root = cfg.checkpoint.save
+    final = checkpoint_dir(root, iteration)
+    tmp = final + ".tmp"
+    rank = dist.get_rank()
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed save
+        os.makedirs(tmp)
+    dist.barrier()
+    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
+                     iteration=iteration, consumed=consumed)
+    dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
+    dist.barrier()
+    if rank == 0:
+        if os.path.isdir(final):
+            shutil.rmtree(final)  # re-saving the same iteration (e.g. after a restart): replace it whole
+        os.replace(tmp, final)
+        _atomic_write(os.path.join(root, TRACKER), f"{iteration}\n")
+        print(f"[megatron-llm] saved checkpoint at iteration {iteration} to {final}", flush=True)
+    dist.barrier()
+    return final
+
+
+def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]]:
+    """Resume from the latest complete checkpoint in --load. None when there is none (fresh start)."""
+    from megatron.core import dist_checkpointing
+
+    root = cfg.checkpoint.load
+    it = latest_iteration(root) if os.path.isdir(root) else None
+    if it is None:
+        if dist.get_rank() == 0:
+            print(f"[megatron-llm] no checkpoint in {root}; starting from scratch", flush=True)
+        return None
+    path = checkpoint_dir(root, it)
+    common = dist_checkpointing.load_common_state_dict(path)
+    if common.get("format_version") != FORMAT_VERSION:
+        raise RuntimeError(f"{path}: checkpoint format {common.get('format_version')} is not "
+                           f"{FORMAT_VERSION}; it was not written by this version of megatron-llm")
+    same_layout = {k: common["layout"][k] for k in ("tp", "pp")} == {k: _layout()[k] for k in ("tp", "pp")}
+    with_optim = not (cfg.checkpoint.no_load_optim or cfg.checkpoint.finetune)
+    with_rng = same_layout and not (cfg.checkpoint.no_load_rng or cfg.checkpoint.finetune)
+    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=True, with_optim=with_optim, with_rng=with_rng)
+    loaded = dist_checkpointing.load(sd, path)
+    for key, m in zip(sorted(k for k in loaded if k.startswith("model")), model):
+        m.load_state_dict(loaded[key])
+    if with_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if with_rng:
+        from megatron.core import tensor_parallel
+
+        rng = loaded["rng_state"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.set_rng_state(rng["cuda"])
+        tensor_parallel.get_cuda_rng_tracker().set_states(rng["tracker"])
+    if dist.get_rank() == 0:
+        note = "" if same_layout else f" (resharded from TP{common['layout']['tp']} x PP{common['layout']['pp']})"
+        print(f"[megatron-llm] loaded checkpoint {path}{note}", flush=True)
+    if cfg.checkpoint.finetune:
+        return {"iteration": 0, "consumed_samples": 0}
+    return {"iteration": int(common["iteration"]), "consumed_samples": int(common["consumed_samples"])}

@@ -1,0 +1,328 @@
+"""The training job, top to bottom: initialise, build, (resume), loop, evaluate, checkpoint, log."""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megatron_llm.config.training import RunConfig
+from megatron_llm.training.callbacks import TrainCallback, TrainContext
+
+
+def _build_tokenizer(cfg: RunConfig):
+    from megatron_llm.data.tokenizers import build_tokenizer
+
+    d = cfg.data
+    return build_tokenizer(d.tokenizer_type, tokenizer_model=d.tokenizer_model, vocab_size=cfg.model.vocab_size)
+
+
+def resolve_vocab_size(cfg: RunConfig, tokenizer) -> int:
+    """The model's (unpadded) vocabulary. A --vocab-size smaller than the tokenizer's would index past the
+    embedding table (Megatron-LM users see NaNs/crashes for this): refuse it here."""
+    if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer.vocab_size:
+        from megatron_llm.config.arguments import ConfigError
+
+        raise ConfigError(f"--vocab-size {cfg.model.vocab_size} is smaller than the tokenizer's vocabulary "
+                          f"({tokenizer.vocab_size}); drop --vocab-size or use the matching tokenizer")
+    return int(cfg.model.vocab_size or tokenizer.vocab_size)
+
+
+def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None):
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from megatron_llm.models.init import init_weights
+    from megatron_llm.models.llama import build_model_chunks, padded_vocab_size, transformer_config
+
+    tc = transformer_config(cfg, info.device, timers=timers)
+    padded = padded_vocab_size(vocab_size, info.tp)
+    chunks = build_model_chunks(cfg, tc, padded)
+    init_weights(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
+    if info.device == "cuda":
+        chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
+    p, o = cfg.parallel, cfg.optim
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=o.bf16 or o.fp16,
+        overlap_grad_reduce=p.overlap_grad_reduce,
+        overlap_param_gather=p.overlap_param_gather,
+        use_distributed_optimizer=p.use_distributed_optimizer,
+        bucket_size=p.ddp_bucket_size,
+        average_in_collective=False,
+    )
+    model = [
+        DistributedDataParallel(config=tc, ddp_config=ddp_config, module=c,
+                                # Later chunks reduce in one bucket each (Megatron-LM's choice for interleaving).
+                                disable_bucketing=i > 0)
+        for i, c in enumerate(chunks)
+    ]
+    opt_config = OptimizerConfig(
+        optimizer=o.optimizer, lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad, bf16=o.bf16, fp16=o.fp16, params_dtype=tc.params_dtype,
+        loss_scale=o.loss_scale, initial_loss_scale=o.initial_loss_scale,
+        use_distributed_optimizer=p.use_distributed_optimizer,
+        overlap_param_gather_with_optimizer_step=False,
+    )
+    optimizer = get_megatron_optimizer(opt_config, model)
+    # The schedules call these hooks; same wiring as Megatron-LM's training.py.
+    tc.finalize_model_grads_func = finalize_model_grads
+    tc.grad_scale_func = optimizer.scale_loss
+    if p.overlap_grad_reduce:
+        tc.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+        tc.grad_sync_func = ([m.start_grad_sync for m in model] if len(model) > 1
+                             else model[0].start_grad_sync)
+    if p.overlap_param_gather and p.use_distributed_optimizer:
+        tc.param_sync_func = ([m.start_param_sync for m in model] if len(model) > 1
+                              else model[0].start_param_sync)
+    return tc, model, optimizer, padded
+
+
+def build_scheduler(cfg: RunConfig, optimizer, global_batch_size: int):
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o, t = cfg.optim, cfg.train
+    decay_iters = o.lr_decay_iters or t.train_iters
+    # Steps are counted in samples, so a resumed run with a different micro-batch layout stays on schedule.
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if o.lr_warmup_iters else o.lr,
+        max_lr=o.lr,
+        min_lr=o.min_lr,
+        lr_warmup_steps=o.lr_warmup_iters * global_batch_size,
+        lr_decay_steps=decay_iters * global_batch_size,
+        lr_decay_style=o.lr_decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=t.train_iters * global_batch_size,
+        wd_incr_style="constant",
+    )
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Sum of token losses and the token count; the schedule divides. Reported as [sum, count] for exact
+    token-weighted averaging over micro-batches and data-parallel ranks."""
+    losses = output_tensor.float().view(-1)
+    mask = loss_mask.view(-1).float()
+    loss_sum = torch.sum(losses * mask)
+    num_tokens = mask.sum().to(torch.int)
+    return loss_sum, num_tokens, {"lm loss": torch.stack([loss_sum.detach(), mask.sum()])}
+
+
+def _forward_step(device: str, data_iterator, model):
+    batch = next(data_iterator) if data_iterator is not None else None
+    if batch is None:  # a middle pipeline stage: activations come from the previous stage
+        output = model(None, None, None)
+        return output, None
+    dev = torch.device(device if device == "cpu" else f"cuda:{torch.cuda.current_device()}")
+    tokens = batch["tokens"].to(dev, non_blocking=True)
+    labels = batch["labels"].to(dev, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(dev, non_blocking=True)
+    position_ids = batch["position_ids"].to(dev, non_blocking=True)
+    output = model(tokens, position_ids, None, labels=labels)
+    return output, partial(_loss_func, loss_mask)
+
+
+def _reduce_loss(losses: List[Dict[str, torch.Tensor]], device: str) -> Optional[float]:
+    """Token-weighted mean of the micro-batch losses of this step, over all data-parallel ranks."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    total = torch.zeros(2, dtype=torch.float64)
+    for entry in losses:
+        total += entry["lm loss"].double().cpu()
+    if device == "cuda":
+        total = total.cuda()
+    dist.all_reduce(total, group=parallel_state.get_data_parallel_group())
+    return float(total[0] / torch.clamp(total[1], min=1))
+
+
+class _DataIterators:
+    """Iterators per model chunk: chunks holding the first layers read tokens, the last stage reads labels;
+    middle chunks get None (their input arrives over pipeline p2p)."""
+
+    def __init__(self, dataset, consumed: int, cfg: RunConfig, num_chunks: int):
+        from megatron.core import parallel_state
+
+        from megatron_llm.data.gpt_datasets import micro_batches
+
+        self.per_chunk = []
+        for i in range(num_chunks):
+            vp = i if num_chunks > 1 else None
+            first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp)
+            last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp)
+            if dataset is not None and (first or last):
+                self.per_chunk.append(micro_batches(dataset, consumed, cfg.data.micro_batch_size,
+                                                    parallel_state.get_data_parallel_rank(),
+                                                    parallel_state.get_data_parallel_world_size()))
+            else:
+                self.per_chunk.append(None)
+
+    def for_schedule(self):
+        return self.per_chunk if len(self.per_chunk) > 1 else self.per_chunk[0]
+
+
+def evaluate(cfg: RunConfig, info, model, tc, valid_ds, eval_index: int, gbs: int) -> Optional[float]:
+    """Mean validation loss over --eval-iters global batches (eval_index selects a fresh window)."""
+    from megatron.core.num_microbatches_calculator import get_num_microbatches
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    if valid_ds is None:
+        return None
+    for m in model:
+        m.eval()
+    iters = _DataIterators(valid_ds, eval_index * cfg.train.eval_iters * gbs, cfg, len(model))
+    fb = get_forward_backward_func()
+    losses: List[Dict[str, torch.Tensor]] = []
+    with torch.no_grad():
+        for _ in range(cfg.train.eval_iters):
+            losses += fb(forward_step_func=partial(_forward_step, info.device),
+                         data_iterator=iters.for_schedule(), model=model,
+                         num_microbatches=get_num_microbatches(), seq_length=cfg.data.seq_length,
+                         micro_batch_size=cfg.data.micro_batch_size, forward_only=True)
+    for m in model:
+        m.train()
+    return _reduce_loss(losses, info.device)
+
+
+def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[str, Any]:
+    """Run one training job on this rank. Returns a summary (losses per iteration on the logging rank)."""
+    from megatron.core.num_microbatches_calculator import get_current_global_batch_size, get_num_microbatches
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_llm.config.arguments import validate
+    from megatron_llm.training import checkpointing, signals
+    from megatron_llm.training.initialize import initialize, shutdown
+    from megatron_llm.training.metrics import MetricsLogger
+
+    validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    info = initialize(cfg)
+    handler = signals.install()
+    timers = None
+    if any(cb.wants_timers for cb in callbacks):
+        from megatron.core.timers import Timers
+
+        timers = Timers(log_level=2, log_option="minmax")
+    tokenizer = _build_tokenizer(cfg)
+    vocab_size = resolve_vocab_size(cfg, tokenizer)
+    tc, model, optimizer, padded_vocab = build_model_and_optimizer(cfg, info, vocab_size, timers)
+    gbs = get_current_global_batch_size()
+    scheduler = build_scheduler(cfg, optimizer, gbs)
+
+    iteration, consumed = 0, 0
+    if cfg.checkpoint.load:
+        state = checkpointing.load(cfg, model, optimizer, scheduler)
+        if state is not None:
+            iteration, consumed = state["iteration"], state["consumed_samples"]
+
+    from megatron_llm.data.gpt_datasets import build_datasets
+
+    train_ds, valid_ds, _test_ds = build_datasets(cfg, tokenizer, gbs)
+    data = _DataIterators(train_ds, consumed, cfg, len(model))
+
+    ctx = TrainContext(cfg=cfg, rank=info.rank, world_size=info.world_size, device=info.device, model=model,
+                       optimizer=optimizer, timers=timers, vocab_size=padded_vocab)
+    logger = MetricsLogger(cfg, info, vocab_size=vocab_size) if info.is_logging_rank else None
+    for cb in callbacks:
+        cb.on_train_start(ctx)
+
+    fb = get_forward_backward_func()
+    history: Dict[int, float] = {}
+    val_history: Dict[int, float] = {}
+    exit_code = 0
+    while iteration < cfg.train.train_iters:
+        for cb in callbacks:
+            cb.on_step_start(ctx, iteration + 1)
+        if info.device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for m in model:
+            m.zero_grad_buffer()
+        optimizer.zero_grad()
+        if timers is not None:
+            timers("forward-backward", log_level=1).start(barrier=False)
+        losses = fb(forward_step_func=partial(_forward_step, info.device), data_iterator=data.for_schedule(),
+                    model=model, num_microbatches=get_num_microbatches(), seq_length=cfg.data.seq_length,
+                    micro_batch_size=cfg.data.micro_batch_size, forward_only=False)
+        if timers is not None:
+            timers("forward-backward").stop()
+            timers("optimizer", log_level=1).start(barrier=False)
+        ok, grad_norm, _ = optimizer.step()
+        if timers is not None:
+            timers("optimizer").stop()
+        if ok:
+            scheduler.step(increment=gbs)
+        iteration += 1
+        consumed += gbs
+        loss = _reduce_loss(losses, info.device)
+        if info.device == "cuda":
+            torch.cuda.synchronize()
+        step_time = time.perf_counter() - t0
+        metrics = {
+            "lm_loss": loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "loss_scale": float(optimizer.get_loss_scale().item()),
+            "iteration_time_s": step_time,
+            "skipped": not ok,
+        }
+        if timers is not None:
+            for name in list(timers._timers.keys()):
+                metrics[f"timer_{name.replace('-', '_')}_s"] = timers._timers[name].elapsed(reset=True)
+        if loss is not None:
+            history[iteration] = loss
+        if logger is not None:
+            metrics = logger.log_iteration(iteration, metrics, consumed)
+        for cb in callbacks:
+            cb.on_step_end(ctx, iteration, metrics)
+        # Every rank must take the same decision, or the ones that stop leave the others hanging in a collective.
+        nan_here = loss is not None and not torch.isfinite(torch.tensor(loss))
+        stop_signal, nan_loss = handler.agree(nan_here)
+        if nan_loss:
+            if logger is not None:
+                logger.error(f"iteration {iteration}: lm loss is {loss}; stopping without saving "
+                             f"(check --lr, the data, and that --vocab-size matches the tokenizer)")
+            exit_code = signals.EXIT_CODE_NAN
+        do_eval = cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
+                                               or iteration == cfg.train.train_iters)
+        if do_eval:
+            val = evaluate(cfg, info, model, tc, valid_ds, len(val_history), gbs)
+            if val is not None:
+                val_history[iteration] = val
+                if logger is not None:
+                    logger.log_validation(iteration, val)
+                for cb in callbacks:
+                    cb.on_eval(ctx, iteration, val)
+        exit_now = bool(cfg.train.exit_interval and iteration % cfg.train.exit_interval == 0)
+        save_now = cfg.checkpoint.save and (
+            stop_signal or exit_now or iteration == cfg.train.train_iters
+            or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0))
+        if save_now and exit_code == 0:
+            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed)
+        if exit_code:
+            break
+        if stop_signal:
+            if logger is not None:
+                logger.info(f"received {handler.signal_name}: saved iteration {iteration}, exiting for requeue")
+            exit_code = signals.EXIT_CODE_REQUEUE
+            break
+        if exit_now:
+            break
+    summary = {"iteration": iteration, "lm_loss": history, "val_loss": val_history, "exit_code": exit_code,
+               "vocab_size": vocab_size, "padded_vocab_size": padded_vocab}
+    for cb in callbacks:
+        cb.on_train_end(ctx, summary)
+    if logger is not None:
+        logger.close()
+        if cfg.checkpoint.save:
+            logger.info(f"checkpoints: {os.path.abspath(cfg.checkpoint.save)}")
+        if cfg.logging.tensorboard_dir:
+            logger.info(f"tensorboard + metrics.jsonl: {os.path.abspath(cfg.logging.tensorboard_dir)}")
+    handler.restore()
+    shutdown()
+    return summary

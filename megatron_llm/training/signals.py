@@ -1,0 +1,54 @@
+"""Preemption and time-limit signals: checkpoint at the next iteration boundary, then exit for requeue."""
+
+from __future__ import annotations
+
+import signal
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+# Exit statuses a launcher or batch script can act on.
+EXIT_CODE_REQUEUE = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGUSR1/SIGTERM; requeue and resume from it
+EXIT_CODE_NAN = 3  # the loss became NaN/Inf; nothing saved after it (resume from the last good checkpoint)
+
+HANDLED = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class StopSignalHandler:
+    """Records SIGUSR1/SIGTERM instead of dying mid-step; the loop asks `agree()` once per iteration."""
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous = {}
+
+    def _on_signal(self, signum, frame) -> None:
+        self.received = signum
+
+    def install(self) -> "StopSignalHandler":
+        for sig in HANDLED:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def restore(self) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous.clear()
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "no signal"
+
+    def agree(self, local_nan: bool = False) -> Tuple[bool, bool]:
+        """(stop, nan) as seen by any rank: signals reach ranks at different moments, and only the last pipeline
+        stage sees the loss, so the flags are max-reduced over the world."""
+        flags = torch.tensor([1.0 if self.received else 0.0, 1.0 if local_nan else 0.0])
+        if dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                flags = flags.cuda()
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+
+def install() -> StopSignalHandler:
+    return StopSignalHandler().install()

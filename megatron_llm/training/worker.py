@@ -1,0 +1,18 @@
+"""One training rank: `python -m megatron_llm.training.worker <train flags>` (started by launch/local.py)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv=None) -> int:
+    from megatron_llm.config.arguments import build_config, parse_run_args
+    from megatron_llm.training.pretrain import pretrain
+
+    args, values = parse_run_args(sys.argv[1:] if argv is None else argv)
+    cfg = build_config(values, args.recipe)
+    return int(pretrain(cfg)["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
