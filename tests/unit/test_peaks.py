@@ -79,7 +79,7 @@ def test_every_entry_is_sane_and_cites_a_datasheet():
             assert vals["tf32"] == pytest.approx(vals["bf16"] / 2, rel=0.02)  # datasheets round (L40S: 183 vs 362.05)
             assert vals["fp32"] < vals["tf32"] * 1.01
         if vals["fp8"] is not None:
-            assert vals["fp8"] == pytest.approx(2 * vals["bf16"], rel=0.01)
+            assert vals["fp8"] == pytest.approx(2 * vals["bf16"], rel=0.02)  # L40S: 733 vs 2 x 362.05
 
 
 def test_each_table_entry_has_a_datasheet_comment():
