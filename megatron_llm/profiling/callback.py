@@ -91,7 +91,7 @@ class ProfilerCallback(TrainCallback):
         dp = max(1, ctx.world_size // (tp * pp))
         gbs = d.global_batch_size or d.micro_batch_size * dp
         # Model FLOPs count the tokenizer's vocabulary; hardware FLOPs the padded one the logits really use.
-        model_vocab = int(ctx.extra.get("vocab_size") or m.vocab_size or ctx.vocab_size)
+        model_vocab = int(getattr(ctx, "tokenizer_vocab_size", None) or m.vocab_size or ctx.vocab_size)
         hw_vocab = int(ctx.vocab_size or model_vocab)
         tc = _transformer_config(ctx.model)
         chunks = len(ctx.model) if isinstance(ctx.model, (list, tuple)) else 1
@@ -116,6 +116,7 @@ class ProfilerCallback(TrainCallback):
             warmup_iters=self.warmup_iters, profile_iters=self.profile_iters,
             flops_convention=flops_mod.describe_convention(self.attention), model_shape=shape,
             overlap_grad_reduce=bool(p.overlap_grad_reduce), recipe=cfg.recipe,
+            trace_iters=list(self.trace_iters) if self.trace_iters else None,
         )
         self.parallel_ranks = _parallel_ranks()
         if self.trace_iters:
@@ -157,6 +158,7 @@ class ProfilerCallback(TrainCallback):
             self.trace.finish()
         payload = self._payload(ctx)
         gathered = self._gather(payload, ctx)
+        self.payloads = gathered  # kept for callers/tests that want the raw per-rank records
         if ctx.rank == 0 and self.meta is not None:
             self.summary = write_report(self.meta, gathered, self.report_dir, tensorboard=self.tensorboard)
             self._print_summary()
@@ -225,5 +227,5 @@ class ProfilerCallback(TrainCallback):
             return
         mfu = f"{100 * s['mfu']:.1f}%" if s.get("mfu") is not None else "n/a"
         print(f"[megatron-llm profile] tokens/s {s['tokens_per_s']:,.1f} | TFLOP/s per GPU "
-              f"{s['tflops_per_gpu']:.2f} | MFU {mfu} | report: {os.path.abspath(self.report_dir)}/report.md",
+              f"{s['tflops_per_gpu']:.3g} | MFU {mfu} | report: {os.path.abspath(self.report_dir)}/report.md",
               flush=True)

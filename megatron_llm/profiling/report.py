@@ -92,6 +92,7 @@ class ProfileMeta:
     model_shape: Dict[str, Any] = field(default_factory=dict)
     overlap_grad_reduce: bool = False
     recipe: Optional[str] = None
+    trace_iters: Optional[List[int]] = None  # [first, last] under torch.profiler: excluded from throughput
 
 
 def _stats(xs: List[float]) -> Dict[str, float]:
@@ -110,7 +111,9 @@ def summarise(meta: ProfileMeta, ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
         for rec in r["iterations"]:
             it = rec["iteration"]
             step[it] = max(step.get(it, 0.0), rec["iteration_time_s"])
-    measured = sorted(it for it in step if lo < it <= hi)
+    traced = set(range(meta.trace_iters[0], meta.trace_iters[1] + 1)) if meta.trace_iters else set()
+    # The profiler's own overhead (event recording, trace export at the window's end) would lower the figures.
+    measured = sorted(it for it in step if lo < it <= hi and it not in traced)
     tokens_per_step = meta.global_batch_size * meta.seq_length
     per_iter = []
     for it in sorted(step):
@@ -122,10 +125,13 @@ def summarise(meta: ProfileMeta, ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
                          "mfu": tf / meta.peak_tflops if meta.peak_tflops else None,
                          "hfu": hf / meta.peak_tflops if meta.peak_tflops else None})
     s: Dict[str, Any] = {"measured_iterations": measured, "tokens_per_step": tokens_per_step,
-                         "per_iteration": per_iter}
+                         "per_iteration": per_iter,
+                         "traced_excluded": sorted(it for it in traced if lo < it <= hi and it in step)}
     if not measured:
-        s["error"] = (f"no measured iterations: training stopped at iteration {max(step) if step else 0}, "
-                      f"warm-up is {lo}")
+        why = (f"training stopped at iteration {max(step) if step else 0}, warm-up is {lo}" if not
+               s["traced_excluded"] else "every measured iteration was under torch.profiler; move --trace-iters "
+               "out of the measured window or add --profile-iters")
+        s["error"] = f"no measured iterations: {why}"
         return s
     total_t = sum(step[it] for it in measured)
     n = len(measured)
@@ -203,6 +209,13 @@ def _fmt(x: Optional[float], spec: str = ",.1f", na: str = "n/a") -> str:
     return format(x, spec)
 
 
+def _flops(x: Optional[float]) -> str:
+    """TFLOP/s with 2 decimals, or 3 significant digits below 1 (CPU runs are ~1e-3)."""
+    if x is None:
+        return "n/a"
+    return f"{x:.2f}" if x >= 1 else f"{x:.3g}"
+
+
 def _pct(x: Optional[float], na: str) -> str:
     return na if x is None else f"{100 * x:.1f}%"
 
@@ -218,8 +231,10 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
     w(f"- layout: {meta.world_size} x {meta.device_name} ({meta.device}), TP {meta.tp} x PP {meta.pp} x "
       f"DP {meta.dp}; micro-batch {meta.micro_batch_size}, global batch {meta.global_batch_size} "
       f"({s['tokens_per_step']:,} tokens/step); {meta.dtype}\n")
+    excl = s.get("traced_excluded") or []
     w(f"- measured: iterations {meta.warmup_iters + 1}-{meta.warmup_iters + meta.profile_iters} "
-      f"({len(s['measured_iterations'])} measured after {meta.warmup_iters} warm-up)\n")
+      f"({len(s['measured_iterations'])} measured after {meta.warmup_iters} warm-up"
+      f"{'; excluded, under torch.profiler: ' + ', '.join(map(str, excl)) if excl else ''})\n")
     w(f"- FLOPs: {meta.flops_convention}; recompute: {meta.recompute}; model "
       f"{meta.model_flops_per_iteration:.4e} / hardware {meta.hardware_flops_per_iteration:.4e} FLOPs per step\n")
     w(f"- peak: {meta.peak_description}\n\n")
@@ -231,12 +246,13 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
     st = s["step_time_s"]
     w("| metric | value |\n|---|---|\n")
     w(f"| tokens/s | {_fmt(s['tokens_per_s'])} |\n")
-    w(f"| tokens/s per GPU | {_fmt(s['tokens_per_s_per_gpu'])} |\n")
+    unit = "GPU" if meta.device == "cuda" else "process"
+    w(f"| tokens/s per {unit} | {_fmt(s['tokens_per_s_per_gpu'])} |\n")
     w(f"| step time (ms): mean / median / min / max | {1e3 * st['mean']:.1f} / {1e3 * st['median']:.1f} / "
       f"{1e3 * st['min']:.1f} / {1e3 * st['max']:.1f} |\n")
-    w(f"| TFLOP/s per {'GPU' if meta.device == 'cuda' else 'process'} (model) | {_fmt(s['tflops_per_gpu'], '.2f')} |\n")
+    w(f"| TFLOP/s per {'GPU' if meta.device == 'cuda' else 'process'} (model) | {_flops(s['tflops_per_gpu'])} |\n")
     w(f"| TFLOP/s per {'GPU' if meta.device == 'cuda' else 'process'} (hardware) | "
-      f"{_fmt(s['hw_tflops_per_gpu'], '.2f')} |\n")
+      f"{_flops(s['hw_tflops_per_gpu'])} |\n")
     w(f"| MFU | {_pct(s['mfu'], na)} |\n")
     w(f"| HFU | {_pct(s['hfu'], na)} |\n")
     w(f"| memory ({s['mem_kind']}, max over ranks, GB) | {_fmt(s['mem_max_allocated_gb'], '.2f')} |\n")

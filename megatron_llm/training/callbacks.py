@@ -17,7 +17,8 @@ class TrainContext:
     model: Any = None  # list of model chunks (DDP-wrapped)
     optimizer: Any = None
     timers: Any = None  # megatron.core.timers.Timers when a callback asks for it (wants_timers)
-    vocab_size: int = 0
+    vocab_size: int = 0  # the model's (padded) vocabulary
+    tokenizer_vocab_size: Optional[int] = None  # unpadded: model FLOPs for MFU count these logits (profiler)
     extra: Dict[str, Any] = field(default_factory=dict)
 
 

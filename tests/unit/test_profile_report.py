@@ -154,6 +154,20 @@ def test_emulated_h100_report_numbers(tmp_path):
     assert len(tele_rows) == 7 * 4 + 1
 
 
+def test_traced_iterations_are_excluded_from_throughput(tmp_path):
+    import dataclasses
+
+    cb = run_emulated_gpu(tmp_path)
+    meta = dataclasses.replace(cb.meta, trace_iters=[4, 5])
+    s = report_mod.summarise(meta, cb.payloads)
+    assert s["measured_iterations"] == [3, 6, 7] and s["traced_excluded"] == [4, 5]
+    kept = [STEP_TIMES[i - 1] for i in (3, 6, 7)]
+    assert s["tokens_per_s"] == pytest.approx(4 * 2048 * 3 / sum(kept))
+    assert "excluded, under torch.profiler: 4, 5" in report_mod.render_markdown(meta, s, [])
+    s = report_mod.summarise(dataclasses.replace(cb.meta, trace_iters=[3, 7]), cb.payloads)
+    assert "every measured iteration was under torch.profiler" in s["error"]
+
+
 def test_tensorboard_scalars_match_summary(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

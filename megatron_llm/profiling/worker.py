@@ -1,0 +1,21 @@
+"""One profiling rank: `python -m megatron_llm.profiling.worker <profile flags>` (started by profiling/cli.py)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv=None) -> int:
+    from megatron_llm.profiling.callback import ProfilerCallback
+    from megatron_llm.profiling.cli import profile_config
+    from megatron_llm.training.pretrain import pretrain
+
+    args, cfg, window = profile_config(sys.argv[1:] if argv is None else argv)
+    cb = ProfilerCallback(args.report_dir, args.warmup_iters, args.profile_iters, trace_iters=window,
+                          sample_interval_s=args.sample_interval, attention=args.attention_flops,
+                          breakdown=args.breakdown)
+    return int(pretrain(cfg, [cb])["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
