@@ -1,0 +1,177 @@
+"""Encoder side of preprocessing: a raw ``Chunk`` in, token arrays per key plus bad-record counts out.
+
+Runs in worker processes (or in-process with --workers 0). The result carries numpy arrays, not lists of Python
+ints, so sending it back to the writer costs one memcpy instead of pickling every token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from megatron_llm.data.corpus import Chunk
+
+MAX_LOCATIONS = 5  # first few locations kept per kind of problem
+
+BAD_KINDS = ("malformed_json", "not_a_json_object", "invalid_utf8", "missing_key", "non_string_value",
+             "empty_document", "tokenizer_error", "truncated_input", "unreadable_file")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    json_keys: Tuple[str, ...]
+    append_eod: bool
+    dtype: str  # numpy dtype name of the tokens
+
+
+@dataclass
+class Problems:
+    """Bad records by kind: a count and the first few (location, detail) pairs."""
+
+    counts: Dict[str, int] = field(default_factory=dict)
+    examples: Dict[str, List[Tuple[str, str]]] = field(default_factory=dict)
+
+    def add(self, kind: str, location: str, detail: str = "") -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        ex = self.examples.setdefault(kind, [])
+        if len(ex) < MAX_LOCATIONS:
+            ex.append((location, detail))
+
+    def merge(self, other: "Problems") -> None:
+        for kind, n in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+            ex = self.examples.setdefault(kind, [])
+            ex.extend(other.examples.get(kind, [])[:MAX_LOCATIONS - len(ex)])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class Encoded:
+    """Output of one chunk: per key, the tokens of its good documents back to back and one length per document."""
+
+    tokens: Dict[str, np.ndarray]
+    lengths: Dict[str, np.ndarray]
+    records: int  # input records (lines, rows, files) seen
+    text_bytes: int  # UTF-8 bytes of the documents' text
+    disk_bytes: int
+    problems: Problems
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:160]
+
+
+def encode_chunk(chunk: Chunk, cfg: EncodeConfig, tokenizer) -> Encoded:
+    problems = Problems()
+    for kind, loc, detail in chunk.problems:
+        problems.add(kind, loc, detail)
+    keys = cfg.json_keys
+    texts: Dict[str, List[str]] = {k: [] for k in keys}
+    where: Dict[str, List[int]] = {k: [] for k in keys}  # line number of each text, for later problems
+    text_bytes = 0
+    path = chunk.path
+    line = chunk.first_line - 1
+    for item in chunk.items:
+        line += 1
+        if chunk.kind == "records":
+            record = item
+        else:
+            if chunk.kind == "jsonl" and not item.strip():
+                continue  # blank lines between JSON records are layout, not documents
+            try:
+                s = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.add("invalid_utf8", f"{path}:{line}", _short(exc))
+                continue
+            if chunk.kind == "jsonl":
+                try:
+                    record = json.loads(s)
+                except ValueError as exc:
+                    problems.add("malformed_json", f"{path}:{line}", _short(exc))
+                    continue
+                if not isinstance(record, dict):
+                    problems.add("not_a_json_object", f"{path}:{line}", f"got {type(record).__name__}")
+                    continue
+            else:
+                if chunk.kind == "line" and s.endswith("\r"):
+                    s = s[:-1]
+                record = {k: s for k in keys}
+        for k in keys:
+            if k not in record:
+                problems.add("missing_key", f"{path}:{line}", f"no key {k!r}")
+                continue
+            v = record[k]
+            if not isinstance(v, str):
+                problems.add("non_string_value", f"{path}:{line}", f"key {k!r} is {type(v).__name__}")
+                continue
+            if not v.isascii():
+                try:  # a JSON \ud800 escape decodes to a lone surrogate, which is not valid Unicode text
+                    text_bytes += len(v.encode("utf-8"))
+                except UnicodeEncodeError as exc:
+                    problems.add("invalid_utf8", f"{path}:{line}", _short(exc))
+                    continue
+            else:
+                text_bytes += len(v)
+            texts[k].append(v)
+            where[k].append(line)
+
+    dtype = np.dtype(cfg.dtype)
+    tokens: Dict[str, np.ndarray] = {}
+    lengths: Dict[str, np.ndarray] = {}
+    for k in keys:
+        ids = _tokenize_all(tokenizer, texts[k], where[k], path, problems)
+        kept = []
+        for doc, ln in zip(ids, where[k]):
+            if doc is None:
+                continue
+            if not doc:
+                problems.add("empty_document", f"{path}:{ln}", f"key {k!r} has no tokens")
+                continue
+            if cfg.append_eod:
+                doc.append(tokenizer.eod)
+            kept.append(doc)
+        lens = np.fromiter(map(len, kept), dtype=np.int32, count=len(kept))
+        tokens[k] = np.fromiter(chain.from_iterable(kept), dtype=dtype, count=int(lens.sum()))
+        lengths[k] = lens
+    return Encoded(tokens, lengths, len(chunk.items), text_bytes, chunk.disk_bytes, problems)
+
+
+def _tokenize_all(tokenizer, texts: List[str], lines: List[int], path: str,
+                  problems: Problems) -> List[Optional[List[int]]]:
+    try:
+        return tokenizer.tokenize_batch(texts)
+    except Exception:
+        # one bad document must not cost the chunk: redo one by one to find it
+        out: List[Optional[List[int]]] = []
+        for t, ln in zip(texts, lines):
+            try:
+                out.append(tokenizer.tokenize(t))
+            except Exception as exc:
+                problems.add("tokenizer_error", f"{path}:{ln}", _short(exc))
+                out.append(None)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# worker-process plumbing: the tokenizer is built once per process by the pool initializer
+# ----------------------------------------------------------------------------------------------------------------
+
+_STATE: dict = {}
+
+
+def init_worker(tokenizer_args: dict, cfg: EncodeConfig) -> None:
+    from megatron_llm.data.tokenizers import build_tokenizer
+
+    _STATE["tokenizer"] = build_tokenizer(**tokenizer_args)
+    _STATE["cfg"] = cfg
+
+
+def encode_in_worker(chunk: Chunk) -> Encoded:
+    return encode_chunk(chunk, _STATE["cfg"], _STATE["tokenizer"])
