@@ -304,3 +304,27 @@ def test_parse_window():
     for bad in ("6:5", "0:2", "a:b", "1:2:3"):
         with pytest.raises(ValueError):
             parse_window(bad)
+
+
+def test_recompute_read_from_model_config_gives_hfu(tmp_path):
+    """HFU counts the recomputation the model's megatron-core TransformerConfig asks for (DDP exposes it as
+    .config); here full uniform recompute: hardware = model + one forward of every layer."""
+    cfg = tinyllama_cfg()
+    tc = SimpleNamespace(num_layers=22, recompute_granularity="full", recompute_method="uniform",
+                         recompute_num_layers=1)
+    cb = ProfilerCallback(str(tmp_path), warmup_iters=0, profile_iters=2, device_name="NVIDIA H100 80GB HBM3",
+                          sampler_factory=lambda device: TelemetrySampler(disabled_reason="test"))
+    ctx = TrainContext(cfg=cfg, rank=0, world_size=1, device="cuda", vocab_size=32000,
+                       model=[SimpleNamespace(config=tc)])
+    cb.on_train_start(ctx)
+    for it in (1, 2):
+        cb.on_step_start(ctx, it)
+        cb.on_step_end(ctx, it, {"iteration_time_s": 0.25})
+    cb.on_train_end(ctx, {})
+    layer_fwd = 2 * 2048 * (2048 + 512) + 2 * 2048 ** 2 + 6 * 2048 * 5632 + 4 * 2048 * 2048
+    tokens = 4 * 2048
+    assert cb.meta.recompute == "full"
+    assert cb.meta.hardware_flops_per_iteration - cb.meta.model_flops_per_iteration == 22 * layer_fwd * tokens
+    s = cb.summary
+    assert s["hfu"] / s["mfu"] == pytest.approx(1 + 22 * layer_fwd / TINYLLAMA_FLOPS_PER_TOKEN)
+    assert "No telemetry: test" in (tmp_path / "report.md").read_text()
