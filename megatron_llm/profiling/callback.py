@@ -114,7 +114,10 @@ class ProfilerCallback(TrainCallback):
             recompute=recompute if recompute_layers is None else f"{recompute} ({recompute_layers} layers)",
             attention=self.attention, peak_tflops=peak.tflops, peak_description=peak.describe(),
             warmup_iters=self.warmup_iters, profile_iters=self.profile_iters,
-            flops_convention=flops_mod.describe_convention(self.attention), model_shape=shape,
+            flops_convention=flops_mod.describe_convention(self.attention) + (
+                "" if getattr(m, "architecture", "llama") == "llama" else
+                f"; NOTE: architecture {m.architecture!r} is counted with the softmax-attention formula"),
+            model_shape=shape,
             overlap_grad_reduce=bool(p.overlap_grad_reduce), recipe=cfg.recipe,
             trace_iters=list(self.trace_iters) if self.trace_iters else None,
         )

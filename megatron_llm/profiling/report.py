@@ -370,7 +370,7 @@ def _plots(meta: ProfileMeta, s: Dict[str, Any], samples: List[Dict[str, Any]], 
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_ylabel("ms per step")
         ax.set_title("time per step by part (megatron-core timers)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not over them
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, "breakdown.png"), dpi=110)
         plt.close(fig)
