@@ -310,6 +310,8 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
                 name = name[:97] + "..."
             w(f"| {i} | `{name}` | {e['calls']} | {e['total_ms']:.2f} | {e['percent']:.1f} |\n")
         w("\n")
+    if s.get("plots_skipped"):
+        w(f"## Plots\n\nNo plots: {s['plots_skipped']}.\n\n")
     if plots:
         w("## Plots\n\n")
         for p in plots:
@@ -330,7 +332,12 @@ def _atomic_write(path: str, data: str) -> None:
 
 
 def _plots(meta: ProfileMeta, s: Dict[str, Any], samples: List[Dict[str, Any]], t_window, out_dir: str) -> List[str]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        # The numbers matter more than the pictures: write the report without plots and say why.
+        s["plots_skipped"] = "matplotlib is not installed (pip install matplotlib)"
+        return []
 
     matplotlib.use("Agg")  # no display on cluster nodes
     import matplotlib.pyplot as plt

@@ -6,7 +6,6 @@ exist and the GPU drew more power and ran a faster SM clock while training than 
 """
 
 import json
-import os
 import socket
 import time
 

@@ -2,9 +2,7 @@
 
 import csv
 import json
-import math
 import os
-import re
 from types import SimpleNamespace
 
 import pytest
@@ -105,7 +103,7 @@ def run_emulated_gpu(tmp_path, device_name="NVIDIA H100 80GB HBM3", peak_overrid
 
 
 def test_emulated_h100_report_numbers(tmp_path):
-    cb = run_emulated_gpu(tmp_path)
+    run_emulated_gpu(tmp_path)
     out = tmp_path / "report"
     s = json.loads((out / "summary.json").read_text())["summary"]
     measured = STEP_TIMES[2:]
@@ -328,3 +326,13 @@ def test_recompute_read_from_model_config_gives_hfu(tmp_path):
     s = cb.summary
     assert s["hfu"] / s["mfu"] == pytest.approx(1 + 22 * layer_fwd / TINYLLAMA_FLOPS_PER_TOKEN)
     assert "No telemetry: test" in (tmp_path / "report.md").read_text()
+
+
+def test_report_without_matplotlib(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    run_emulated_gpu(tmp_path)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "No plots: matplotlib is not installed" in md and "| MFU |" in md
+    assert not list((tmp_path / "report").glob("*.png"))
