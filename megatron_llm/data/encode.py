@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -68,14 +68,10 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:160]
 
 
-def encode_chunk(chunk: Chunk, cfg: EncodeConfig, tokenizer) -> Encoded:
-    problems = Problems()
+def iter_texts(chunk: Chunk, keys: Tuple[str, ...], problems: Problems) -> Iterator[Tuple[str, int, str]]:
+    """(key, line, text) for every good text of a chunk, in order; bad records go to ``problems``."""
     for kind, loc, detail in chunk.problems:
         problems.add(kind, loc, detail)
-    keys = cfg.json_keys
-    texts: Dict[str, List[str]] = {k: [] for k in keys}
-    where: Dict[str, List[int]] = {k: [] for k in keys}  # line number of each text, for later problems
-    text_bytes = 0
     path = chunk.path
     line = chunk.first_line - 1
     for item in chunk.items:
@@ -113,14 +109,28 @@ def encode_chunk(chunk: Chunk, cfg: EncodeConfig, tokenizer) -> Encoded:
                 continue
             if not v.isascii():
                 try:  # a JSON \ud800 escape decodes to a lone surrogate, which is not valid Unicode text
-                    text_bytes += len(v.encode("utf-8"))
+                    v.encode("utf-8")
                 except UnicodeEncodeError as exc:
                     problems.add("invalid_utf8", f"{path}:{line}", _short(exc))
                     continue
-            else:
-                text_bytes += len(v)
-            texts[k].append(v)
-            where[k].append(line)
+            yield k, line, v
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def encode_chunk(chunk: Chunk, cfg: EncodeConfig, tokenizer) -> Encoded:
+    problems = Problems()
+    keys = cfg.json_keys
+    texts: Dict[str, List[str]] = {k: [] for k in keys}
+    where: Dict[str, List[int]] = {k: [] for k in keys}  # line number of each text, for later problems
+    text_bytes = 0
+    path = chunk.path
+    for k, line, v in iter_texts(chunk, keys, problems):
+        texts[k].append(v)
+        where[k].append(line)
+        text_bytes += _utf8_len(v)
 
     dtype = np.dtype(cfg.dtype)
     tokens: Dict[str, np.ndarray] = {}
