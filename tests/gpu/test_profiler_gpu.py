@@ -76,7 +76,10 @@ def test_tinyllama_profile_matches_independent_timing(tmp_path, monkeypatch):
     idle_power, idle_clock, max_clock = _idle_nvml(nvml_index_for_cuda_device(0))
 
     # MBS 2: DESIGN.md section 4 measured megatron-core's local spec at 63.9 GB there (MBS 4 ran out of memory).
+    # Synthetic tokens over TinyLlama's 32,000-entry vocabulary (DESIGN.md section 4), whatever tokenizer the
+    # recipe names: the profile measures compute, and the hand count below needs the vocabulary size.
     args, values = parse_run_args(["--recipe", "tinyllama-1.1b", "--mock-data", "--bf16", "--device", "cuda",
+                                   "--tokenizer-type", "NullTokenizer", "--vocab-size", "32000",
                                    "--micro-batch-size", "2", "--global-batch-size", "4",
                                    "--train-iters", str(WARMUP + PROFILE), "--eval-interval", "0"])
     cfg = build_config(values, args.recipe)
