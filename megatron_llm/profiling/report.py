@@ -15,8 +15,11 @@ Time breakdown, from megatron-core timers (seconds per step, disjoint parts):
   other comm         embedding / layer-norm (sequence-parallel) gradient all-reduces
   optimizer          'optimizer' minus 'params-all-gather' (which runs inside optimizer.step)
   other              the step time not covered above (zero_grad, loss reduction, data loading, timer syncs)
-  DP comm overlapped (GPU, with a trace and TP=1) collective-kernel time per step in the trace minus the exposed
-                     part; "n/a" otherwise, because without kernel timestamps the hidden part cannot be measured.
+  DP comm overlapped (GPU, with a trace window, TP = PP = 1) NCCL kernel time per step that ran concurrently with
+                     compute kernels on the trace's timeline; "n/a" otherwise: without kernel timestamps the hidden
+                     part cannot be measured. The trace section also gives the timeline's exposed share, which is
+                     the better "exposed" figure with --overlap-grad-reduce: timers synchronise the device, so a
+                     reduction still running when backward ends is charged to 'backward-compute'.
 """
 
 from __future__ import annotations
@@ -195,9 +198,10 @@ def _overlapped(meta: ProfileMeta, r: Dict[str, Any], row: Dict[str, Any]) -> Op
     if not meta.overlap_grad_reduce and "dp_comm_exposed" in row:
         return 0.0  # no overlap configured: the whole reduction sits inside 'all-grads-sync'
     tr = r.get("trace")
-    if meta.device != "cuda" or not tr or meta.tp != 1 or "dp_comm_exposed" not in row or not tr["iterations"]:
+    # From the GPU timeline: only when data parallelism is the only communication (TP = PP = 1).
+    if not tr or tr.get("comm_overlapped_ms") is None or meta.tp != 1 or meta.pp != 1 or not tr["iterations"]:
         return None
-    return max(0.0, tr["collective_ms"] / 1000.0 / tr["iterations"] - row["dp_comm_exposed"])
+    return tr["comm_overlapped_ms"] / 1000.0 / tr["iterations"]
 
 
 # ----------------------------------------------------------------------------------------------- formatting
@@ -280,7 +284,7 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
             w(f"| {r['rank']} | {pp_rank} | {1e3 * r['step_s']:.1f} | {vals} | "
               f"{'n/a' if ov is None else f'{1e3 * ov:.1f}'} | {tail} |\n")
         w("\n'other' = step - the named parts (zero_grad, loss all-reduce, data, timer synchronisation). "
-          "'DP comm overlapped' needs a CUDA trace window with TP = 1 when --overlap-grad-reduce is on.\n\n")
+          "'DP comm overlapped' needs a CUDA trace window (--trace-iters) with TP = PP = 1 when --overlap-grad-reduce is on.\n\n")
     else:
         w("No timers were recorded (profile run without --breakdown).\n\n")
 
@@ -302,7 +306,10 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
         w(f"## Top {tr['kind']} (torch.profiler, iterations {tr['first']}-{tr['last']}, rank 0)\n\n")
         w(f"Chrome trace: `{os.path.basename(tr['trace_path'])}` (open in https://ui.perfetto.dev). "
           f"Total {tr['total_ms']:.1f} ms over {tr['iterations']} iteration(s); communication "
-          f"{tr['comm_ms']:.1f} ms.\n\n")
+          f"{tr['comm_ms']:.1f} ms"
+          + (f" (GPU timeline: {tr['comm_exposed_ms']:.1f} ms exposed, {tr['comm_overlapped_ms']:.1f} ms "
+             f"overlapped with compute; all process groups)" if tr.get("comm_exposed_ms") is not None else "")
+          + ".\n\n")
         w("| # | name | calls | total ms | % |\n|---|---|---|---|---|\n")
         for i, e in enumerate(tr["top"], 1):
             name = e["name"].replace("|", "\\|")

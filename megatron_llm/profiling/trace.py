@@ -5,8 +5,10 @@ actually spent in each kernel; a kernel's name says what it is — GEMM, flash/c
 On a CPU run there are no kernels, so it lists CPU operators by self time (time in the op minus its children),
 which is what sums to the wall time without double counting nested ops.
 
-Communication kernels (NCCL) are also totalled: with the megatron-core timers' "all-grads-sync" (the part of the
-data-parallel gradient reduction the backward pass did not hide), they give the overlapped share.
+Communication kernels (NCCL) are also totalled, and on a GPU split by the trace's timestamps into exposed time
+(no compute kernel running at the same time) and overlapped time (hidden under compute). This is the measurement
+of "exposed vs overlapped" that timers cannot give: megatron-core's timers synchronise the device when they start
+and stop, so gradient reductions still in flight at the end of backward are charged to 'backward-compute'.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class TraceResult:
     total_ms: float = 0.0  # all kernels' device time / all CPU ops' self time in the window
     comm_ms: float = 0.0  # communication kernels (GPU) / c10d ops (CPU) in the window
     collective_ms: float = 0.0  # of which collectives (all-reduce / all-gather / reduce-scatter)
+    comm_exposed_ms: Optional[float] = None  # GPU: communication kernel time with no compute kernel running
+    comm_overlapped_ms: Optional[float] = None  # GPU: communication kernel time hidden under compute kernels
     iterations: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
@@ -84,6 +88,48 @@ def kernels_from_chrome_trace(path: str) -> Dict[str, List[float]]:
         if ev.get("ph") == "X" and ev.get("cat") == "kernel":
             rows.setdefault(ev.get("name", "?"), []).append(float(ev.get("dur", 0.0)))
     return rows
+
+
+def _union(intervals: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
+    merged: List[List[float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
+def _intersection_length(xs: List[Tuple[float, float]], ys: List[Tuple[float, float]]) -> float:
+    """Total length of the overlap of two sorted, disjoint interval lists."""
+    i = j = 0
+    total = 0.0
+    while i < len(xs) and j < len(ys):
+        lo, hi = max(xs[i][0], ys[j][0]), min(xs[i][1], ys[j][1])
+        if hi > lo:
+            total += hi - lo
+        if xs[i][1] < ys[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def comm_overlap_from_chrome_trace(path: str) -> Tuple[float, float]:
+    """(exposed_ms, overlapped_ms) of communication kernels on the GPU timeline: time in which some NCCL kernel
+    ran while no compute kernel ran (exposed), and while one did (overlapped). Kernel intervals come from the
+    trace's timestamps (ts, dur in microseconds), so this measures what actually ran concurrently."""
+    with open(path, encoding="utf-8") as f:
+        events = json.load(f).get("traceEvents", [])
+    comm, compute = [], []
+    for ev in events:
+        if ev.get("ph") == "X" and ev.get("cat") == "kernel":
+            iv = (float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0)))
+            (comm if _COMM_KERNEL.search(ev.get("name", "")) else compute).append(iv)
+    comm_u, compute_u = _union(comm), _union(compute)
+    total = sum(b - a for a, b in comm_u)
+    overlapped = _intersection_length(comm_u, compute_u)
+    return (total - overlapped) / 1000.0, overlapped / 1000.0
 
 
 def cpu_ops_from_profiler(prof) -> Dict[str, List[float]]:
@@ -146,10 +192,13 @@ class TraceWindow:
             rows, kind = cpu_ops_from_profiler(prof), "cpu ops"
             comm = {k: v for k, v in rows.items() if _COMM_CPU_OP.search(k)}
         top, total = _rank_table(rows, self.top_n)
+        exposed = overlapped = None
+        if self.device == "cuda":
+            exposed, overlapped = comm_overlap_from_chrome_trace(path)
         self.result = TraceResult(
             trace_path=path, first=self.first, last=last, kind=kind, top=top, total_ms=total,
             comm_ms=sum(sum(v) for v in comm.values()) / 1000.0,
             collective_ms=sum(sum(v) for k, v in comm.items() if _COLLECTIVE.search(k)) / 1000.0,
-            iterations=last - self.first + 1,
+            iterations=last - self.first + 1, comm_exposed_ms=exposed, comm_overlapped_ms=overlapped,
         )
         return self.result

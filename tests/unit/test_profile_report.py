@@ -336,3 +336,31 @@ def test_report_without_matplotlib(tmp_path, monkeypatch):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "No plots: matplotlib is not installed" in md and "| MFU |" in md
     assert not list((tmp_path / "report").glob("*.png"))
+
+
+def test_comm_overlap_from_gpu_timeline(tmp_path):
+    """Kernel intervals (us) on two streams, overlap worked out by hand:
+    compute [0,100] [150,300] [300,320]; NCCL [80,170] [310,400] [390,420].
+    comm union [80,170] [310,420] = 200 us; overlapped with compute: [80,100] + [150,170] + [310,320] = 50 us."""
+    from megatron_llm.profiling.trace import comm_overlap_from_chrome_trace, kernels_from_chrome_trace
+
+    def k(name, ts, dur):
+        return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur}
+
+    events = [k("sm90_xmma_gemm_bf16", 0, 100), k("flash_fwd_kernel", 150, 150), k("elementwise", 300, 20),
+              k("ncclDevKernel_ReduceScatter_Sum_bf16_RING_LL", 80, 90),
+              k("ncclDevKernel_AllGather_RING_LL", 310, 90), k("ncclDevKernel_AllGather_RING_LL", 390, 30),
+              {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1000}]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    exposed, overlapped = comm_overlap_from_chrome_trace(str(path))
+    assert overlapped == pytest.approx(0.050) and exposed == pytest.approx(0.150)
+    rows = kernels_from_chrome_trace(str(path))
+    assert rows["ncclDevKernel_AllGather_RING_LL"] == [90.0, 30.0] and "aten::mm" not in rows
+
+    # In the report: DP = 2, overlap on, TP = PP = 1 -> the column is the timeline's overlapped time per step
+    meta = SimpleNamespace(dp=2, tp=1, pp=1, overlap_grad_reduce=True, device="cuda")
+    tr = {"comm_overlapped_ms": 50.0, "iterations": 2}
+    assert report_mod._overlapped(meta, {"trace": tr}, {"dp_comm_exposed": 0.01}) == pytest.approx(0.025)
+    assert report_mod._overlapped(SimpleNamespace(**{**meta.__dict__, "tp": 2}), {"trace": tr}, {}) is None
+    assert report_mod._overlapped(meta, {"trace": None}, {"dp_comm_exposed": 0.01}) is None
