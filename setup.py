@@ -19,6 +19,8 @@ setup(
         "tqdm",
         "zstandard",
         "pyarrow",
+        "psutil",  # megatron-core dist_checkpointing writer processes
+        "matplotlib",  # profiler report plots
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]"],

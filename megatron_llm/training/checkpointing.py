@@ -57,10 +57,14 @@ def _atomic_write(path: str, text: str) -> None:
         os.close(dir_fd)
 
 
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return getattr(m, "module", m)  # the GPTModel inside megatron-core's DDP wrapper
+
+
 def _model_sharded_state_dict(model: List[torch.nn.Module]) -> Dict[str, Any]:
     if len(model) == 1:
-        return {"model": model[0].sharded_state_dict()}
-    return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(model)}
+        return {"model": _unwrap(model[0]).sharded_state_dict()}
+    return {f"model{i}": _unwrap(m).sharded_state_dict() for i, m in enumerate(model)}
 
 
 def _layout() -> Dict[str, int]:
@@ -90,10 +94,46 @@ def _rng_sharded_object(is_loading: bool):
                          replica_id=ps.get_data_parallel_rank())
 
 
+def _ensure_optimizer_state(optimizer) -> None:
+    """A fresh optimizer has no state (no Adam moments, no step) to load into; megatron-core's torch fallback
+    (no apex/TE) also needs the per-parameter 'step'. Create placeholder state, overwritten by the load."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is not None and len(inner.state) == 0 and hasattr(opt, "_init_optimizer_states_with_dummy_values"):
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def _load_optimizer_state(optimizer, state) -> None:
+    """optimizer.load_state_dict, with two fixes for megatron-core 0.16's torch-Adam path (no apex/TE):
+    its fully-reshardable load copies every per-parameter state key but the checkpoint keeps Adam's 'step' in the
+    param groups only (KeyError 'step'), and it restores one shared 'step' tensor into every parameter's state,
+    which torch's foreach Adam would then increment once per parameter."""
+    subs = [o for o in getattr(optimizer, "chained_optimizers", [optimizer]) if hasattr(o, "model_param_group_index_map")]
+    for opt in subs:
+        def copy_states(model_param, tensors, _opt=opt, _orig=opt._set_main_param_and_optimizer_states):
+            group, order = _opt.model_param_group_index_map[model_param]
+            current = _opt.optimizer.state[_opt.optimizer.param_groups[group]["params"][order]]
+            if "step" in current and "step" not in tensors:
+                tensors = {**tensors, "step": current["step"]}
+            return _orig(model_param, tensors)
+        opt._set_main_param_and_optimizer_states = copy_states
+    try:
+        optimizer.load_state_dict(state)
+    finally:
+        for opt in subs:
+            del opt._set_main_param_and_optimizer_states  # back to the class method
+    for opt in subs:
+        for st in opt.optimizer.state.values():
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].clone()
+
+
 def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, with_optim: bool,
                 with_rng: bool, iteration: int = 0, consumed: int = 0) -> Dict[str, Any]:
     sd = _model_sharded_state_dict(model)
     if with_optim:
+        if is_loading:
+            _ensure_optimizer_state(optimizer)
         merged = {}
         for v in sd.values():
             merged.update(v)
@@ -155,9 +195,9 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
     sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=True, with_optim=with_optim, with_rng=with_rng)
     loaded = dist_checkpointing.load(sd, path)
     for key, m in zip(sorted(k for k in loaded if k.startswith("model")), model):
-        m.load_state_dict(loaded[key])
+        _unwrap(m).load_state_dict(loaded[key])
     if with_optim:
-        optimizer.load_state_dict(loaded["optimizer"])
+        _load_optimizer_state(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if with_rng:
         from megatron.core import tensor_parallel
