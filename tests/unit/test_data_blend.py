@@ -42,9 +42,9 @@ def test_blend_shares_match_weights(tmp_path, weights):
                                         workers=0, quiet=True))
         prefixes.append(str(tmp_path / f"{name}_text_document"))
     tok = build_tokenizer("SentencePieceTokenizer", mistral_sp_model())
+    # path_to_cache=None: on-disk index caches need torch.distributed initialised (the trainer has it)
     config = GPTDatasetConfig(random_seed=1234, sequence_length=128, blend=(prefixes, list(weights)),
-                              split="100,0,0", path_to_cache=None,  # index caches on disk need torch.distributed up (the trainer has it)
-                              tokenizer=_TokenizerView(tok),
+                              split="100,0,0", path_to_cache=None, tokenizer=_TokenizerView(tok),
                               reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
                               create_attention_mask=False)  # real data: blend given, GPTDataset (not Mock)
     n = 2000
