@@ -178,11 +178,16 @@ def validate(cfg: RunConfig, world_size: int) -> None:
     if not d.mock_data:
         if not d.data_path:
             raise ConfigError("--data-path is required (or --mock-data for synthetic tokens)")
+        from megatron_llm.data.indexed_check import verify_indexed_dataset
+
         for prefix in data_prefixes(d.data_path):
-            for ext in (".bin", ".idx"):
-                if not os.path.isfile(prefix + ext):
-                    raise ConfigError(f"--data-path: {prefix + ext} does not exist "
-                                      f"(give the prefix without .bin/.idx; make it with `megatron-llm preprocess`)")
+            try:  # a truncated or mismatched .bin/.idx pair is refused here, not deep inside training
+                verify_indexed_dataset(prefix)
+            except ValueError as e:
+                raise ConfigError(f"--data-path: {e}") from None
+        from megatron_llm.data.gpt_datasets import check_splits
+
+        check_splits(cfg, gbs)
     if d.tokenizer_type in ("SentencePieceTokenizer", "HuggingFaceTokenizer"):
         if not d.tokenizer_model:
             raise ConfigError(f"--tokenizer-type {d.tokenizer_type} needs --tokenizer-model")

@@ -53,8 +53,8 @@ class DataConfig:
     micro_batch_size: int = _f(1, "sequences per micro-batch per data-parallel rank")
     global_batch_size: Optional[int] = _f(None, "sequences per iteration over all DP ranks (None: MBS x DP)")
     tokenizer_type: str = _f(
-        "NullTokenizer", "SentencePieceTokenizer | HuggingFaceTokenizer | NullTokenizer",
-        choices=("SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer"))
+        "NullTokenizer", "SentencePieceTokenizer | HuggingFaceTokenizer | NullTokenizer | ByteTokenizer",
+        choices=("SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer", "ByteTokenizer"))
     tokenizer_model: Optional[str] = _f(None, "tokenizer file (SentencePiece .model or HF tokenizer.json / dir)")
     data_cache_path: Optional[str] = _f(None, "where dataset index caches are written (None: beside the data)")
     mock_data: bool = _f(False, "train on megatron-core's synthetic MockGPTDataset (no files needed)")
@@ -69,7 +69,7 @@ class TrainLoopConfig:
     eval_iters: int = _f(10, "iterations per evaluation")
     log_interval: int = _f(1, "log every N iterations")
     seed: int = _f(1234, "random seed")
-    exit_interval: Optional[int] = _f(None, "stop (after saving) once iteration % N == 0")
+    exit_interval: Optional[int] = _f(None, "stop (after saving) once iteration %% N == 0")
     deterministic: bool = _f(True, "deterministic algorithms where the device allows")
 
 

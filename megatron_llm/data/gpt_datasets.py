@@ -26,13 +26,35 @@ def parse_blend(data_path: List[str]) -> Tuple[List[str], Optional[List[float]]]
 
 
 def dataset_sizes(cfg: RunConfig, global_batch_size: int) -> List[int]:
-    """Samples needed per split, as Megatron-LM computes them (eval runs at every interval and at the end)."""
+    """Samples needed per split: training, and validation at every --eval-interval and at the end. The test
+    split is not read during training, so nothing is drawn from it."""
     t = cfg.train
     train = t.train_iters * global_batch_size
     evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
     valid = evals * t.eval_iters * global_batch_size
-    test = t.eval_iters * global_batch_size
-    return [train, valid, test]
+    return [train, valid, 0]
+
+
+def check_splits(cfg: RunConfig, global_batch_size: int) -> None:
+    """Refuse a --split that leaves a needed split without documents: megatron-core would loop forever looking
+    for enough epochs to fill it."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (convert_split_vector_to_split_matrix,
+                                                                         parse_and_normalize_split)
+
+    from megatron_llm.config.arguments import ConfigError
+    from megatron_llm.data.indexed_format import read_header
+
+    if cfg.data.mock_data:
+        return
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(cfg.data.split))
+    sizes = dataset_sizes(cfg, global_batch_size)
+    for prefix in parse_blend(cfg.data.data_path)[0]:
+        docs = read_header(prefix + ".idx").document_count
+        for name, part, size in zip(("train", "valid", "test"), matrix, sizes):
+            if size and (part is None or int(round(part[1] * docs)) - int(round(part[0] * docs)) == 0):
+                raise ConfigError(f"--split {cfg.data.split}: the {name} split of {prefix} gets no documents "
+                                  f"({docs} in all) but {size} samples are needed; give it a larger share"
+                                  + (" or set --eval-interval 0" if name == "valid" else ""))
 
 
 class DatasetTokenizerView:
@@ -71,6 +93,10 @@ def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int):
     )
     cls = MockGPTDataset if d.mock_data else GPTDataset
     sizes = dataset_sizes(cfg, global_batch_size)
+    if config.split_matrix is not None:
+        # Skip the splits nothing is drawn from: megatron-core would otherwise build them, and loops forever on
+        # one that has no documents (e.g. the 0.1% test split of a small corpus).
+        config.split_matrix = [part if size else None for part, size in zip(config.split_matrix, sizes)]
     # megatron-core builds on rank 0 first (writing the index caches), then on the others from the cache.
     return BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
 

@@ -32,20 +32,17 @@ METRIC_TAGS = {  # metrics.jsonl key -> tensorboard tag
 
 
 def training_dtype(cfg: RunConfig) -> str:
-    return "bf16" if cfg.optim.bf16 else "fp16" if cfg.optim.fp16 else "fp32"
+    from megatron_llm.profiling.peaks import training_dtype as peak_dtype
+
+    return peak_dtype(cfg.optim.bf16, cfg.optim.fp16)
 
 
 def peak_tflops(cfg: RunConfig, device: str) -> Optional[float]:
     """Dense peak TFLOP/s per device for MFU, or None when it is not known (CPU, unknown GPU)."""
-    if cfg.logging.gpu_peak_tflops:
-        return float(cfg.logging.gpu_peak_tflops)
-    if device != "cuda":
-        return None
-    try:
-        from megatron_llm.profiling.peaks import peak_tflops_for_device
-    except ImportError:
-        return None
-    return peak_tflops_for_device(torch.cuda.get_device_name(), training_dtype(cfg))
+    from megatron_llm.profiling.peaks import resolve_peak
+
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return resolve_peak(device, name, training_dtype(cfg), cfg.logging.gpu_peak_tflops).tflops
 
 
 class MetricsLogger:

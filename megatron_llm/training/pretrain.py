@@ -67,6 +67,7 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
         loss_scale=o.loss_scale, initial_loss_scale=o.initial_loss_scale,
         use_distributed_optimizer=p.use_distributed_optimizer,
         overlap_param_gather_with_optimizer_step=False,
+        timers=timers,
     )
     optimizer = get_megatron_optimizer(opt_config, model)
     # The schedules call these hooks; same wiring as Megatron-LM's training.py.
@@ -202,7 +203,6 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
 
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     info = initialize(cfg)
-    handler = signals.install()
     timers = None
     if any(cb.wants_timers for cb in callbacks):
         from megatron.core.timers import Timers
@@ -226,11 +226,13 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     data = _DataIterators(train_ds, consumed, cfg, len(model))
 
     ctx = TrainContext(cfg=cfg, rank=info.rank, world_size=info.world_size, device=info.device, model=model,
-                       optimizer=optimizer, timers=timers, vocab_size=padded_vocab)
+                       optimizer=optimizer, timers=timers, vocab_size=padded_vocab,
+                       tokenizer_vocab_size=vocab_size)
     logger = MetricsLogger(cfg, info, vocab_size=vocab_size) if info.is_logging_rank else None
     for cb in callbacks:
         cb.on_train_start(ctx)
 
+    handler = signals.install()  # from here on a stop signal means "checkpoint at the next iteration boundary"
     fb = get_forward_backward_func()
     history: Dict[int, float] = {}
     val_history: Dict[int, float] = {}
@@ -244,13 +246,10 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
         for m in model:
             m.zero_grad_buffer()
         optimizer.zero_grad()
-        if timers is not None:
-            timers("forward-backward", log_level=1).start(barrier=False)
         losses = fb(forward_step_func=partial(_forward_step, info.device), data_iterator=data.for_schedule(),
                     model=model, num_microbatches=get_num_microbatches(), seq_length=cfg.data.seq_length,
                     micro_batch_size=cfg.data.micro_batch_size, forward_only=False)
-        if timers is not None:
-            timers("forward-backward").stop()
+        if timers is not None:  # the schedules time forward-backward themselves
             timers("optimizer", log_level=1).start(barrier=False)
         ok, grad_norm, _ = optimizer.step()
         if timers is not None:

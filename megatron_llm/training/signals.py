@@ -23,6 +23,11 @@ class StopSignalHandler:
         self._previous = {}
 
     def _on_signal(self, signum, frame) -> None:
+        if self.received is not None:
+            # A second signal means "now": stop waiting for the iteration boundary (e.g. a hung collective).
+            self.restore()
+            signal.raise_signal(signum)
+            return
         self.received = signum
 
     def install(self) -> "StopSignalHandler":

@@ -1,0 +1,72 @@
+"""Run `megatron-llm train` as a user would (a subprocess spawning its ranks) and read back metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+# A 4-layer GQA Llama small enough for 4 CPU ranks on 2 cores; vocab a multiple of 128 x TP so that the padded
+# vocabulary (hence the model) is the same at every layout.
+MODEL = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4", "--num-query-groups", "2",
+         "--ffn-hidden-size", "128", "--max-position-embeddings", "64", "--seq-length", "64"]
+VOCAB = 512
+
+
+def make_dataset(prefix: str, num_docs: int = 400, seed: int = 0) -> str:
+    """A .bin/.idx of Zipf-distributed token documents written by megatron-core's own builder."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(seed)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(num_docs):
+        n = int(rng.integers(20, 200))
+        ids = np.minimum(rng.zipf(1.3, size=n), VOCAB - 2).astype(np.int64)
+        builder.add_document(torch.from_numpy(ids), [n])
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+def train(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: int = 5,
+          gbs: int = 8, mbs: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", "cpu", "--nproc-per-node", str(nproc),
+            *MODEL, "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
+            "--micro-batch-size", str(mbs), "--global-batch-size", str(gbs), "--train-iters", str(iters),
+            "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "1", "--eval-interval", "0",
+            "--tensorboard-dir", str(out / "tb"), "--seed", "1234"]
+    args += ["--data-path", data, "--split", "98,2,0"] if data else ["--mock-data"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # Own process group, killed whole on timeout: a hung run must not leave ranks spinning on the CI machine.
+    proc = subprocess.Popen(args + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, err = proc.communicate()
+        raise AssertionError(f"training timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def losses(out: Path) -> Dict[int, float]:
+    result = {}
+    for line in (out / "tb" / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("lm_loss") is not None:
+            result[rec["iteration"]] = rec["lm_loss"]
+    return result
+
+
+def check(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+
+
+def max_rel_diff(a: Dict[int, float], b: Dict[int, float]) -> float:
+    assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+    return max(abs(a[k] - b[k]) / abs(b[k]) for k in a)
