@@ -26,12 +26,11 @@ def parse_blend(data_path: List[str]) -> Tuple[List[str], Optional[List[float]]]
 
 
 def dataset_sizes(cfg: RunConfig, global_batch_size: int) -> List[int]:
-    """Samples needed per split: training, and validation at every --eval-interval and at the end. The test
-    split is not read during training, so nothing is drawn from it."""
+    """Samples needed per split: training, and one fixed validation set of --eval-iters batches (evaluated at
+    every --eval-interval). The test split is not read during training, so nothing is drawn from it."""
     t = cfg.train
     train = t.train_iters * global_batch_size
-    evals = (t.train_iters // t.eval_interval + 1) if t.eval_interval else 0
-    valid = evals * t.eval_iters * global_batch_size
+    valid = t.eval_iters * global_batch_size if t.eval_interval else 0
     return [train, valid, 0]
 
 

@@ -168,8 +168,10 @@ class _DataIterators:
         return self.per_chunk if len(self.per_chunk) > 1 else self.per_chunk[0]
 
 
-def evaluate(cfg: RunConfig, info, model, tc, valid_ds, eval_index: int, gbs: int) -> Optional[float]:
-    """Mean validation loss over --eval-iters global batches (eval_index selects a fresh window)."""
+def evaluate(cfg: RunConfig, info, model, tc, valid_ds, gbs: int) -> Optional[float]:
+    """Mean validation loss over the first --eval-iters global batches of the validation split. The same batches
+    every time (nanoGPT/torchtitan's choice, not Megatron-LM's rolling window), so the curve compares like with
+    like."""
     from megatron.core.num_microbatches_calculator import get_num_microbatches
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -177,7 +179,7 @@ def evaluate(cfg: RunConfig, info, model, tc, valid_ds, eval_index: int, gbs: in
         return None
     for m in model:
         m.eval()
-    iters = _DataIterators(valid_ds, eval_index * cfg.train.eval_iters * gbs, cfg, len(model))
+    iters = _DataIterators(valid_ds, 0, cfg, len(model))
     fb = get_forward_backward_func()
     losses: List[Dict[str, torch.Tensor]] = []
     with torch.no_grad():
@@ -290,7 +292,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
         do_eval = cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
                                                or iteration == cfg.train.train_iters)
         if do_eval:
-            val = evaluate(cfg, info, model, tc, valid_ds, len(val_history), gbs)
+            val = evaluate(cfg, info, model, tc, valid_ds, gbs)
             if val is not None:
                 val_history[iteration] = val
                 if logger is not None:

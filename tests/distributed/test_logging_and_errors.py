@@ -107,7 +107,7 @@ def test_sigusr1_saves_and_exits_for_requeue(data, tmp_path):
     ckpt = tmp_path / "ckpt"
     args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", "cpu", "--nproc-per-node", "2",
             "--pipeline-model-parallel-size", "2", *MODEL, "--tokenizer-type", "NullTokenizer", "--vocab-size",
-            str(VOCAB), "--data-path", data, "--train-iters", "3000", "--eval-interval", "0", "--log-interval", "10",
+            str(VOCAB), "--data-path", data, "--train-iters", "3000", "--eval-interval", "0",
             "--micro-batch-size", "2", "--global-batch-size", "4", "--save", str(ckpt),
             "--tensorboard-dir", str(tmp_path / "tb")]
     log = tmp_path / "train.log"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# What we run on a GPU machine (the lent H100): the CUDA tests, the tinyllama-1.1b shape at TP1 for 20 bf16
+# iterations with NCCL, and the profiler on the same shape. Results go to $OUT (default runs/gpu_checks).
+# Expects megatron-core importable (on the device: the cp312 wheel installed into /tmp/site, see docs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_checks}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+TINYLLAMA=(--num-layers 22 --hidden-size 2048 --num-attention-heads 32 --num-query-groups 4 --ffn-hidden-size 5632
+           --vocab-size 32000 --max-position-embeddings 2048 --seq-length 2048 --norm-epsilon 1e-5
+           --mock-data --tokenizer-type NullTokenizer --bf16 --eval-interval 0 --lr 3e-4 --min-lr 3e-5)
+
+echo "== pytest tests/gpu" | tee "$OUT/pytest.log"
+python -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -n 40 | tee -a "$OUT/pytest.log"
+
+echo "== train: tinyllama-1.1b shape, TP1, MBS 2, GBS 8, 20 iterations, bf16, NCCL" | tee "$OUT/train.log"
+python -m megatron_llm.cli train --device cuda --nproc-per-node 1 "${TINYLLAMA[@]}" \
+  --micro-batch-size 2 --global-batch-size 8 --train-iters 20 --tensorboard-dir "$OUT/train_tb" 2>&1 \
+  | grep -v -i "warn" | tee -a "$OUT/train.log" | grep -E "iteration|MFU against|Error|error" | cut -c1-400
+
+echo "== profile: same shape, 3 warm-up + 10 measured iterations" | tee "$OUT/profile.log"
+python -m megatron_llm.cli profile --device cuda --nproc-per-node 1 "${TINYLLAMA[@]}" \
+  --micro-batch-size 2 --global-batch-size 8 --warmup-iters 3 --profile-iters 10 --report-dir "$OUT/report" 2>&1 \
+  | grep -v -i "warn" >> "$OUT/profile.log"
+tail -n 5 "$OUT/profile.log"
+cat "$OUT/report/report.md" 2>/dev/null | head -n 60
