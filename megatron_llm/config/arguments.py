@@ -78,9 +78,9 @@ def list_recipes() -> List[str]:
 
 def load_recipe(name_or_path: str) -> Dict[str, Any]:
     """Read a recipe: a flat mapping of flag names (underscored) to values."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    # A bare name is a shipped preset (names may contain dots: tinyllama-1.1b); anything else is a file path.
+    shipped = RECIPE_DIR / f"{name_or_path}.yaml"
+    path = shipped if "/" not in name_or_path and shipped.is_file() else Path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"--recipe {name_or_path}: no such recipe file {path}; "
                           f"known recipes: {', '.join(list_recipes())}")
