@@ -8,9 +8,8 @@ OUT=${OUT:-runs/gpu_checks}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-TINYLLAMA=(--num-layers 22 --hidden-size 2048 --num-attention-heads 32 --num-query-groups 4 --ffn-hidden-size 5632
-           --vocab-size 32000 --max-position-embeddings 2048 --seq-length 2048 --norm-epsilon 1e-5
-           --mock-data --tokenizer-type NullTokenizer --bf16 --eval-interval 0 --lr 3e-4 --min-lr 3e-5)
+TINYLLAMA=(--recipe tinyllama-1.1b --mock-data --tokenizer-type NullTokenizer --bf16 --eval-interval 0
+           --lr-warmup-iters 0)
 
 echo "== pytest tests/gpu" | tee "$OUT/pytest.log"
 python -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -n 40 | tee -a "$OUT/pytest.log"
