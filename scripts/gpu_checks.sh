@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # What we run on a GPU machine (the lent H100): the CUDA tests, the tinyllama-1.1b shape at TP1 for 20 bf16
 # iterations with NCCL, and the profiler on the same shape. Results go to $OUT (default runs/gpu_checks).
-# Expects megatron-core importable (on the device: the cp312 wheel installed into /tmp/site, see docs).
+# Expects megatron-core importable. On the lent device (torch present, megatron-core not): download the cp312 wheel
+# here into the git-ignored .whl/ (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
+# --implementation cp --platform manylinux_2_28_x86_64 -d .whl megatron-core==0.16.1), carry .whl and run
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
+#   OUT=$OUT bash scripts/gpu_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_checks}
