@@ -39,6 +39,12 @@ def test_metrics_and_tensorboard(data, tmp_path):
     L, h, kv, f, s, V, B = 4, 64, 32, 128, 64, VOCAB, 8
     per_token = 3 * (L * (2 * h * (h + 2 * kv) + 2 * h * h + 6 * h * f + 4 * s * h) + 2 * h * V)
     assert train_recs[0]["flops_per_iteration"] == pytest.approx(per_token * s * B, rel=1e-12)
+    # --lr 1e-3 --min-lr 1e-4, 1 warm-up iteration, cosine over --train-iters 4; the lr logged at iteration k is the
+    # one the scheduler set after step k: warm-up ends at 1e-3, then min + (max - min) * (1 + cos(pi * (k-1)/3)) / 2.
+    import math
+
+    expected_lr = [1e-4 + 9e-4 * (1 + math.cos(math.pi * (k - 1) / 3)) / 2 for k in (1, 2, 3, 4)]
+    assert [r["lr"] for r in train_recs] == pytest.approx(expected_lr, rel=1e-9)
     vals = [r for r in records if "val_loss" in r]
     assert [r["iteration"] for r in vals] == [2, 4]
     assert "validation loss at iteration 2" in proc.stdout and "iteration        4/       4" in proc.stdout
