@@ -125,8 +125,9 @@ def config_to_dict(cfg: RunConfig) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def validate(cfg: RunConfig, world_size: int) -> None:
-    """Refuse impossible configurations before any process group exists (a bad one would hang the workers)."""
+def validate(cfg: RunConfig, world_size: int, check_files: bool = True) -> None:
+    """Refuse impossible configurations before any process group exists (a bad one would hang the workers).
+    check_files=False checks the shapes and layout only (a script written on a machine without the data)."""
     m, p, d = cfg.model, cfg.parallel, cfg.data
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     if tp < 1 or pp < 1:
@@ -175,7 +176,9 @@ def validate(cfg: RunConfig, world_size: int) -> None:
                           f"--pipeline-model-parallel-size {pp}; raise --global-batch-size")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
-    if not d.mock_data:
+    if not d.mock_data and not check_files:
+        data_prefixes(d.data_path or [])
+    elif not d.mock_data:
         if not d.data_path:
             raise ConfigError("--data-path is required (or --mock-data for synthetic tokens)")
         from megatron_llm.data.indexed_check import verify_indexed_dataset
@@ -191,11 +194,11 @@ def validate(cfg: RunConfig, world_size: int) -> None:
     if d.tokenizer_type in ("SentencePieceTokenizer", "HuggingFaceTokenizer"):
         if not d.tokenizer_model:
             raise ConfigError(f"--tokenizer-type {d.tokenizer_type} needs --tokenizer-model")
-        if not os.path.exists(d.tokenizer_model):
+        if check_files and not os.path.exists(d.tokenizer_model):
             raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist")
     elif d.tokenizer_type == "NullTokenizer" and not m.vocab_size:
         raise ConfigError("--tokenizer-type NullTokenizer needs --vocab-size")
-    if cfg.checkpoint.load and not os.path.isdir(cfg.checkpoint.load) and cfg.checkpoint.load != cfg.checkpoint.save:
+    if check_files and cfg.checkpoint.load and not os.path.isdir(cfg.checkpoint.load) and cfg.checkpoint.load != cfg.checkpoint.save:
         raise ConfigError(f"--load {cfg.checkpoint.load} is not a directory")
 
 

@@ -33,6 +33,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from megatron_llm.fileio import atomic_write_text
+
 COMPONENTS = ("forward", "backward", "pipeline_wait", "dp_comm_exposed", "other_comm", "optimizer", "other")
 OTHER_COMM_TIMERS = ("embedding-grads-all-reduce", "non-tensor-parallel-grads-all-reduce",
                      "conditional-embedder-grads-all-reduce")
@@ -331,13 +333,6 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: str, data: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _plots(meta: ProfileMeta, s: Dict[str, Any], samples: List[Dict[str, Any]], t_window, out_dir: str) -> List[str]:
     try:
         import matplotlib
@@ -450,8 +445,8 @@ def write_report(meta: ProfileMeta, ranks: List[Dict[str, Any]], out_dir: str,
     samples = [{"rank": r["rank"], **x} for r in ranks for x in r.get("telemetry", {}).get("samples", [])]
     window = next((r.get("measured_window") for r in ranks if r.get("measured_window")), None)
     plots = _plots(meta, s, samples, window, out_dir)
-    _atomic_write(os.path.join(out_dir, "report.md"), render_markdown(meta, s, plots))
-    _atomic_write(os.path.join(out_dir, "summary.json"),
+    atomic_write_text(os.path.join(out_dir, "report.md"), render_markdown(meta, s, plots))
+    atomic_write_text(os.path.join(out_dir, "summary.json"),
                   json.dumps({"meta": meta.__dict__, "summary": s}, indent=1, default=str))
     buf = io.StringIO()
     cols = ["iteration", "measured", "step_time_s", "tokens_per_s", "tflops_per_gpu", "hw_tflops_per_gpu", "mfu",
@@ -460,7 +455,7 @@ def write_report(meta: ProfileMeta, ranks: List[Dict[str, Any]], out_dir: str,
     wr.writeheader()
     for p in s["per_iteration"]:
         wr.writerow({k: p[k] for k in cols})
-    _atomic_write(os.path.join(out_dir, "iterations.csv"), buf.getvalue())
+    atomic_write_text(os.path.join(out_dir, "iterations.csv"), buf.getvalue())
     if samples:
         buf = io.StringIO()
         cols = ["rank", "gpu", "t", "util_pct", "mem_used_gb", "power_w", "sm_clock_mhz", "temp_c", "throttle"]
@@ -468,7 +463,7 @@ def write_report(meta: ProfileMeta, ranks: List[Dict[str, Any]], out_dir: str,
         wr.writeheader()
         for x in samples:
             wr.writerow({k: x[k] for k in cols})
-        _atomic_write(os.path.join(out_dir, "telemetry.csv"), buf.getvalue())
+        atomic_write_text(os.path.join(out_dir, "telemetry.csv"), buf.getvalue())
     if tensorboard:
         _tensorboard(meta, s, samples, out_dir)
     return s

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_llm.config.training import RunConfig
+from megatron_llm.fileio import atomic_write_text
 
 TRACKER = "latest_checkpointed_iteration.txt"
 FORMAT_VERSION = 1
@@ -41,20 +42,6 @@ def latest_iteration(root: str) -> Optional[int]:
     if not os.path.isdir(checkpoint_dir(root, it)):
         raise RuntimeError(f"{path} names iteration {it} but {checkpoint_dir(root, it)} is missing")
     return it
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
@@ -168,7 +155,7 @@ def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: 
         if os.path.isdir(final):
             shutil.rmtree(final)  # re-saving the same iteration (e.g. after a restart): replace it whole
         os.replace(tmp, final)
-        _atomic_write(os.path.join(root, TRACKER), f"{iteration}\n")
+        atomic_write_text(os.path.join(root, TRACKER), f"{iteration}\n")
         print(f"[megatron-llm] saved checkpoint at iteration {iteration} to {final}", flush=True)
     dist.barrier()
     return final

@@ -1,0 +1,167 @@
+"""A real Slurm cluster on this machine for the tests: slurmctld + one slurmd per emulated node, on loopback.
+
+Facts this relies on (measured, ../shared/DESIGN.md section 8): auth/none needs no munge; several slurmd on one
+host with `-N nodename` and per-node ports; requeue holds a job for cred_expire + 1 s; the daemons are stopped by
+the PIDs we started, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd")
+CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "scancel")
+
+
+def missing_binaries() -> List[str]:
+    missing = [d for d in DAEMONS if not os.access(d, os.X_OK)]
+    return missing + [c for c in CLIENTS if shutil.which(c) is None]
+
+
+def _free_ports(n: int) -> List[int]:
+    """n consecutive free ports (slurm.conf takes a node port range)."""
+    for base in range(31000, 60000, 97):
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return list(range(base, base + n))
+    raise RuntimeError("no free port range for the test Slurm cluster")
+
+
+class LocalSlurmCluster:
+    def __init__(self, root: Path, nodes: int = 2, cpus_per_node: int = 4, partition: str = "debug") -> None:
+        self.root = Path(root)
+        self.nodes = [f"n{i + 1}" for i in range(nodes)]
+        self.cpus = cpus_per_node
+        self.partition = partition
+        self.conf = self.root / "slurm.conf"
+        self.procs: Dict[str, subprocess.Popen] = {}
+
+    @property
+    def env(self) -> Dict[str, str]:
+        return dict(os.environ, SLURM_CONF=str(self.conf))
+
+    def write_conf(self) -> None:
+        host = socket.gethostname()
+        ports = _free_ports(len(self.nodes) + 1)
+        for d in ("state", "spool", "logs"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        r = self.root
+        node_ports = f"{ports[1]}-{ports[-1]}" if len(self.nodes) > 1 else str(ports[1])
+        self.conf.write_text("\n".join([
+            "ClusterName=mllmtest",
+            f"SlurmctldHost={host}",
+            f"SlurmctldPort={ports[0]}",
+            "AuthType=auth/none",
+            "CredType=cred/none",
+            "AuthInfo=cred_expire=10",  # requeued jobs wait cred_expire + 1 s before they may start again
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            f"StateSaveLocation={r}/state",
+            f"SlurmdSpoolDir={r}/spool/%n",
+            f"SlurmctldPidFile={r}/slurmctld.pid",
+            f"SlurmdPidFile={r}/spool/slurmd-%n.pid",
+            f"SlurmctldLogFile={r}/logs/slurmctld.log",
+            f"SlurmdLogFile={r}/logs/slurmd-%n.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "SlurmdParameters=config_overrides",  # nodes may claim more CPUs than this machine has
+            "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny",  # stay on loopback
+            "SchedulerParameters=sched_interval=1,bf_interval=1",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "MinJobAge=600",
+            "KillWait=5",
+            "InactiveLimit=0",
+            "JobCompType=jobcomp/filetxt",
+            f"JobCompLoc={r}/logs/jobcomp.txt",
+            f"NodeName=n[1-{len(self.nodes)}] NodeHostname=localhost NodeAddr=127.0.0.1 Port={node_ports} "
+            f"CPUs={self.cpus} State=UNKNOWN",
+            f"PartitionName={self.partition} Nodes=n[1-{len(self.nodes)}] Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]))
+
+    def start(self, timeout: float = 60.0) -> "LocalSlurmCluster":
+        self.write_conf()
+        log = open(self.root / "logs" / "daemons.out", "ab")
+        self.procs["slurmctld"] = subprocess.Popen(
+            ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env, stdout=log, stderr=log,
+            start_new_session=True)
+        for n in self.nodes:
+            (self.root / "spool" / n).mkdir(parents=True, exist_ok=True)
+            self.procs[n] = subprocess.Popen(["/usr/sbin/slurmd", "-D", "-N", n, "-f", str(self.conf)],
+                                             env=self.env, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False).stdout
+            states = dict(line.split() for line in out.splitlines() if line.strip())
+            if len(states) == len(self.nodes) and all(s.startswith("idle") for s in states.values()):
+                return self
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"{name} exited with {p.returncode}; see {self.root / 'logs'}")
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"Slurm nodes not idle after {timeout}s: {out!r}; see {self.root / 'logs'}")
+
+    def run(self, argv: List[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True,
+                              check=check, timeout=kw.pop("timeout", 60), **kw)
+
+    def job_ids(self) -> List[str]:
+        out = self.run(["squeue", "-h", "-t", "all", "-o", "%i"], check=False).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def job_state(self, job_id: str) -> Optional[str]:
+        out = self.run(["scontrol", "show", "job", "-o", str(job_id)], check=False).stdout
+        for field in out.split():
+            if field.startswith("JobState="):
+                return field.split("=", 1)[1]
+        return None
+
+    def wait_job(self, job_id: str, timeout: float = 240.0, states=("COMPLETED", "FAILED", "CANCELLED",
+                                                                     "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")) -> str:
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.job_state(job_id)
+            if state in states:
+                return state
+            time.sleep(1.0)
+        raise AssertionError(f"job {job_id} still {state} after {timeout}s")
+
+    def stop(self) -> None:
+        # slurmstepd detaches from slurmd: cancel jobs and let their steps end before stopping the daemons.
+        if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
+            ids = self.job_ids()
+            if ids:
+                self.run(["scancel", *ids], check=False)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and any(
+                        self.job_state(j) in ("RUNNING", "COMPLETING", "PENDING") for j in ids):
+                    time.sleep(0.5)
+        for name, p in list(self.procs.items())[::-1]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for name, p in self.procs.items():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
