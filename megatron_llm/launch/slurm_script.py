@@ -36,6 +36,11 @@ class Element:
     run_dir: str
     train_args: List[str]
 
+    @property
+    def checkpoint_dir(self) -> str:
+        i = self.train_args.index("--save") if "--save" in self.train_args else -1
+        return self.train_args[i + 1] if 0 <= i < len(self.train_args) - 1 else ""
+
 
 @dataclass
 class SlurmJob:
@@ -130,6 +135,7 @@ def render(job: SlurmJob) -> str:
     for i, el in enumerate(job.elements):
         out.append(f"  {i})  # {el.name}")
         out.append(f"    RUN_DIR={shlex.quote(el.run_dir)}")
+        out.append(f"    CKPT_DIR={shlex.quote(el.checkpoint_dir)}")
         out.append("    TRAIN_ARGS=(")
         args = el.train_args
         k = 0
@@ -165,7 +171,13 @@ def render(job: SlurmJob) -> str:
         "",
         "# The time-limit warning and preemption reach this shell only; pass them on to the ranks, which save a",
         "# checkpoint at the next iteration boundary and exit with REQUEUE_EXIT.",
-        'forward() { event "got SIG$1: asking the trainer to checkpoint and stop"; kill -s "$1" "$STEP" 2>/dev/null; }',
+        'latest() { cat "$CKPT_DIR/latest_checkpointed_iteration.txt" 2>/dev/null || echo none; }',
+        "SIGNALLED_AT=",
+        "forward() {",
+        '  event "got SIG$1: asking the trainer to checkpoint and stop"',
+        '  SIGNALLED_AT=${SIGNALLED_AT:-$(latest)}',
+        '  kill -s "$1" "$STEP" 2>/dev/null',
+        "}",
         "trap 'forward USR1' USR1",
         "trap 'forward TERM' TERM",
         'event "start on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT)"',
@@ -175,6 +187,12 @@ def render(job: SlurmJob) -> str:
         'while :; do wait "$STEP"; kill -0 "$STEP" 2>/dev/null || break; done',
         'wait "$STEP"; RC=$?',
         'event "trainer exited with $RC"',
+        "# srun --kill-on-bad-exit stops the other ranks when the first one exits with REQUEUE_EXIT, so the step's",
+        "# status may be theirs: a checkpoint newer than the one at the signal is what says the ranks saved.",
+        'if [ -n "$SIGNALLED_AT" ] && [ "$RC" -ne 0 ] && [ "$(latest)" != "$SIGNALLED_AT" ]; then',
+        '  event "checkpoint $(latest) saved after the signal"',
+        "  RC=$REQUEUE_EXIT",
+        "fi",
         'if [ "$RC" -eq "$REQUEUE_EXIT" ]; then',
         '  if [ "$RESTARTS" -lt "$MAX_RESTARTS" ]; then',
         '    event "requeue"',
