@@ -206,7 +206,9 @@ def _main(opts, train_args: List[str], argv: List[str]) -> int:
                    python=opts.python or sys.executable, account=opts.account,
                    container_image=opts.container_image, container_mounts=opts.container_mounts,
                    launcher=opts.launcher, device=device, signal_seconds=opts.signal_seconds,
-                   max_restarts=opts.max_restarts, submit_command=["megatron-llm", "submit", *argv])
+                   max_restarts=opts.max_restarts,
+                   # what submits this job again: without --dry-run and --script (where this copy was written)
+                   submit_command=["megatron-llm", "submit", *_without(_without(argv, "--dry-run"), "--script")])
     script = os.path.abspath(opts.script or os.path.join(run_dir, "submit.sbatch"))
     os.makedirs(os.path.dirname(script), exist_ok=True)
     atomic_write_text(script, render(job))
