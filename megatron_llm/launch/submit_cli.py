@@ -34,7 +34,9 @@ class SubmitError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    # allow_abbrev=False: an abbreviated submit flag must never swallow a train flag (they pass through untouched)
+    p = argparse.ArgumentParser(prog=PROG, description="Write and submit a Slurm batch job for a training run.",
+                                allow_abbrev=False,
                                 epilog="All other flags are `megatron-llm train` flags.")
     p.add_argument("--nodes", type=int, default=1, help="nodes to allocate")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (= ranks) per node")
