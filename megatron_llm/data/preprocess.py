@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ def _results(cfg: PreprocessConfig, enc_cfg: EncodeConfig, tokenizer, chunks) ->
     pool = ctx.Pool(cfg.workers, initializer=init_worker, initargs=(_tokenizer_args(cfg), enc_cfg))
     pending: deque = deque()
     limit = 2 * cfg.workers + 2
+    finished = False
     try:
         for ch in chunks:
             pending.append(pool.apply_async(encode_in_worker, (ch,)))
@@ -108,9 +110,22 @@ def _results(cfg: PreprocessConfig, enc_cfg: EncodeConfig, tokenizer, chunks) ->
         while pending:
             yield pending.popleft().get()
         pool.close()
+        finished = True
     finally:
-        pool.terminate()
-        pool.join()
+        if finished:
+            pool.join()
+        else:
+            _terminate(pool)
+
+
+def _terminate(pool, timeout_s: float = 10.0) -> None:
+    """Stop a pool on an error or interrupt without hanging. CPython's Pool.terminate() drains the task pipe once,
+    then joins its task thread; a thread still writing a large chunk to a worker that was just killed blocks that
+    join forever (seen here under load). The workers are signalled before that join, so a bounded wait in a daemon
+    thread stops them and never hangs the caller."""
+    stopper = threading.Thread(target=pool.terminate, name="preprocess-pool-terminate", daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
 
 
 def run_preprocess(cfg: PreprocessConfig) -> Summary:
