@@ -19,7 +19,12 @@ LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 
 
 def launched_externally() -> bool:
-    """True inside torchrun / an srun task bridged by our Slurm script: this process is one rank already."""
+    """True inside torchrun or an srun task: this process is one rank already. An srun task gets its RANK /
+    WORLD_SIZE / LOCAL_RANK / MASTER_* from SLURM_* here first (slurm_env.bridge), so every verb that asks
+    (train, profile) treats `srun -n N megatron-llm ...` like torchrun."""
+    from megatron_llm.launch.slurm_env import bridge
+
+    bridge()
     return all(v in os.environ for v in LAUNCHER_VARS)
 
 

@@ -30,9 +30,11 @@ def check_config(argv: List[str], prog: str):
 def main(argv: List[str], worker_module: str = "megatron_llm.training.worker",
          prog: str = "megatron-llm train") -> int:
     from megatron_llm.launch.local import launched_externally, run_workers
-    from megatron_llm.launch.slurm_env import bridge
 
-    bridge()  # an srun task of a Slurm job: SLURM_* -> RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*
+    if launched_externally():
+        from megatron_llm.training import signals
+
+        signals.install()  # this process is a rank: from now on a stop signal is kept, not fatal (signals.py)
     cfg = check_config(argv, prog)
     if launched_externally():
         import importlib

@@ -1,12 +1,14 @@
-"""Preemption and time-limit signals: checkpoint at the next iteration boundary, then exit for requeue."""
+"""Preemption and time-limit signals: checkpoint at the next iteration boundary, then exit for requeue.
+
+A rank installs the handler as its first act (before torch is even imported), because Slurm may deliver the warning
+while the job is still starting; a signal that arrives during start-up is kept and acted on at the first iteration
+boundary. Until then SIGUSR1's default action would kill the rank with nothing saved.
+"""
 
 from __future__ import annotations
 
 import signal
 from typing import Optional, Tuple
-
-import torch
-import torch.distributed as dist
 
 # Exit statuses a launcher or batch script can act on.
 EXIT_CODE_REQUEUE = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGUSR1/SIGTERM; requeue and resume from it
@@ -47,6 +49,9 @@ class StopSignalHandler:
     def agree(self, local_nan: bool = False) -> Tuple[bool, bool]:
         """(stop, nan) as seen by any rank: signals reach ranks at different moments, and only the last pipeline
         stage sees the loss, so the flags are max-reduced over the world."""
+        import torch
+        import torch.distributed as dist
+
         flags = torch.tensor([1.0 if self.received else 0.0, 1.0 if local_nan else 0.0])
         if dist.is_initialized():
             if dist.get_backend() == "nccl":
@@ -55,5 +60,12 @@ class StopSignalHandler:
         return bool(flags[0] > 0), bool(flags[1] > 0)
 
 
+_installed: Optional[StopSignalHandler] = None
+
+
 def install() -> StopSignalHandler:
-    return StopSignalHandler().install()
+    """The process's handler, installed on first use; later calls return it with any signal already received."""
+    global _installed
+    if _installed is None or not _installed._previous:
+        _installed = StopSignalHandler().install()
+    return _installed

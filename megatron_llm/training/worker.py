@@ -6,6 +6,9 @@ import sys
 
 
 def main(argv=None) -> int:
+    from megatron_llm.training import signals
+
+    signals.install()  # first: a stop signal during start-up must not kill the rank (see signals.py)
     from megatron_llm.config.arguments import build_config, parse_run_args
     from megatron_llm.training.pretrain import pretrain
 

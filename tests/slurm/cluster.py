@@ -7,6 +7,7 @@ the PIDs we started, never by name.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -18,6 +19,14 @@ from typing import Dict, List, Optional
 
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "scancel")
+
+
+def _die_with_parent() -> None:
+    """Runs in each daemon before exec: SIGTERM it when the test process dies, so a killed or crashed pytest
+    (whose fixture teardown never runs) leaves no Slurm daemon behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def missing_binaries() -> List[str]:
@@ -101,11 +110,12 @@ class LocalSlurmCluster:
         log = open(self.root / "logs" / "daemons.out", "ab")
         self.procs["slurmctld"] = subprocess.Popen(
             ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env, stdout=log, stderr=log,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
         for n in self.nodes:
             (self.root / "spool" / n).mkdir(parents=True, exist_ok=True)
             self.procs[n] = subprocess.Popen(["/usr/sbin/slurmd", "-D", "-N", n, "-f", str(self.conf)],
-                                             env=self.env, stdout=log, stderr=log, start_new_session=True)
+                                             env=self.env, stdout=log, stderr=log, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = self.run(["sinfo", "-h", "-N", "-o", "%N %t"], check=False).stdout

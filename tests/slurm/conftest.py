@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "distributed"))  # trainru
 from cluster import LocalSlurmCluster, missing_binaries  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+# module scope: the daemons stop when the Slurm tests are done, not at the end of the whole suite
+@pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     missing = missing_binaries()
     if missing:

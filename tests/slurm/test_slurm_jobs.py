@@ -110,6 +110,26 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm, slurm_env, data,
     assert max(abs(got[k] - want[k]) / want[k] for k in want) <= 1e-5
 
 
+def test_time_limit_warning_from_slurm_reaches_torchrun_ranks(slurm, slurm_env, data, tmp_path):
+    """Slurm's own timer sends the warning (nobody calls scancel): one torchrun per node relays it, the ranks save
+    and stop, and --max-restarts 0 stops the job there instead of requeueing it."""
+    run = tmp_path / "run"
+    submit(slurm_env, "--nodes", "2", "--gpus-per-node", "1", "--launcher", "torchrun", "--partition",
+           slurm.partition, "--time", "00:01:00", "--signal-seconds", "45", "--max-restarts", "0", "--run-dir",
+           str(run), *TRAIN, "--data-path", data, "--train-iters", "100000")
+    assert "#SBATCH --signal=B:USR1@45" in (run / "submit.sbatch").read_text()
+    job = job_record(run)["job_id"]
+    # due 15 s after the start; Slurm checks time limits on a ~30 s cycle, and kills the job at 60 s
+    state = slurm.wait_job(job, timeout=150)
+    ev = events(run)
+    assert any("got SIGUSR1" in e for e in ev), ev
+    assert ev[-1].endswith("not requeued: --max-restarts 0 reached"), ev
+    assert state == "FAILED"  # exit 75 with no requeue left; TIMEOUT would mean the ranks never stopped
+    saved = (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip()
+    assert sorted(losses(run)) == list(range(1, int(saved) + 1))  # saved at the iteration it stopped at
+    assert slurm.run(["scontrol", "show", "job", job]).stdout.count("Restarts=0") == 1
+
+
 def test_array_of_two_runs(slurm, slurm_env, data, tmp_path):
     run = tmp_path / "sweep"
     proc = submit(slurm_env, "--nodes", "1", "--gpus-per-node", "1", "--partition", slurm.partition,
