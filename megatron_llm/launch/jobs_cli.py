@@ -95,7 +95,11 @@ def collect() -> List[Dict]:
 
 
 def main(argv: List[str]) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.split("\n\n")[0],
+        epilog=f"Runs are the ones `megatron-llm submit` recorded in $MEGATRON_LLM_HOME/runs.jsonl (default "
+               f"~/.megatron_llm/runs.jsonl; now {runs_registry.registry_path()}); each run directory's job.json "
+               f"holds the full record.")
     p.add_argument("--json", action="store_true", help="one JSON object per run")
     args = p.parse_args(argv)
     rows = collect()

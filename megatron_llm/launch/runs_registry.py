@@ -21,8 +21,11 @@ def register(record: Dict) -> None:
     path = registry_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     line = json.dumps({k: record[k] for k in ("job_id", "job_name", "run_dir", "submitted")}) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = "\n" + line  # end a line torn by a crash, or this record would be lost with it
         os.write(fd, line.encode())
         os.fsync(fd)
     finally:
