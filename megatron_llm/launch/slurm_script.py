@@ -3,8 +3,10 @@
 What the script does, in order: pick this array element's run directory and flags; refuse to start past
 --max-restarts; export the rendezvous (first host of the allocation, a port derived from the job id); source the
 run's communication settings if the topology tuner wrote them; launch one rank per GPU with srun (or one torchrun
-per node); forward the time-limit warning (SIGUSR1, sent --signal-seconds before the limit) or SIGTERM to the
-trainer, which checkpoints and exits with status 75; then requeue the job, which resumes from that checkpoint.
+per node); relay the time-limit warning (SIGUSR1, sent --signal-seconds before the limit, to this shell only) to
+the ranks, which checkpoint and exit with status 75 (SIGTERM from Slurm reaches them directly); then requeue the
+job, which resumes from that checkpoint. With --launcher torchrun, torchrun allows the ranks 30 s (its fixed
+shutdown timeout) to finish the checkpoint; with srun there is no such bound, only the time left before the limit.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import List, Optional
 from megatron_llm.launch.slurm_env import LAUNCHER_ENV, MASTER_PORT_BASE, MASTER_PORT_SPAN
 from megatron_llm.training.signals import EXIT_CODE_REQUEUE
 
+TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 
 
@@ -90,6 +93,7 @@ def _sbatch_header(job: SlurmJob) -> List[str]:
     if job.account:
         lines.append(f"#SBATCH --account={job.account}")
     lines += [
+        # no --error: stderr joins stdout, so a rank's traceback stays next to the lines before it
         f"#SBATCH --output={job.log_pattern}",
         "#SBATCH --open-mode=append",  # a requeued job appends to its log instead of overwriting it
         # B: the warning goes to this batch shell, which forwards it to the trainer (see forward() below)
@@ -101,11 +105,19 @@ def _sbatch_header(job: SlurmJob) -> List[str]:
     return lines
 
 
+def default_mounts(job: SlurmJob) -> str:
+    """The working directory and the run directory (checkpoints, logs), at the same paths inside the image."""
+    dirs = [job.workdir]
+    if not (job.run_dir + "/").startswith(job.workdir.rstrip("/") + "/"):
+        dirs.append(job.run_dir)
+    return ",".join(f"{d}:{d}" for d in dirs)
+
+
 def _launch_command(job: SlurmJob) -> List[str]:
     srun = ["srun", "--kill-on-bad-exit=1"]
     if job.container_image:
         srun += [f"--container-image={job.container_image}", f"--container-workdir={job.workdir}"]
-        srun += [f"--container-mounts={job.container_mounts or f'{job.workdir}:{job.workdir}'}"]
+        srun += [f"--container-mounts={job.container_mounts or default_mounts(job)}"]
     python = "python3" if job.container_image else job.python  # inside a container: the image's interpreter
     if job.launcher == "srun":
         return srun + [f"--ntasks-per-node={job.gpus_per_node}", python, "-m", "megatron_llm.cli", "train"]
@@ -164,22 +176,30 @@ def render(job: SlurmJob) -> str:
         'export MASTER_ADDR=${MASTER_ADDR:-$FIRST_HOST}',
         f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % {MASTER_PORT_SPAN} ))",
         f"export {LAUNCHER_ENV}={job.launcher}",
+    ]
+    if job.launcher == "torchrun":
+        # Slurm signals torchrun and its workers alike. torchrun must survive SIGUSR1 (its default action is to
+        # end the process, leaving the ranks orphaned): with USR1 in this list it relays the signal (an echo the
+        # trainer ignores) and gives the ranks 30 s to save and exit before SIGKILL.
+        out.append(f"export TORCHELASTIC_SIGNALS_TO_HANDLE={TORCHRUN_SIGNALS}")
+    out += [
         "# Communication settings (NCCL, buffers) the topology tuner wrote for this run, if any.",
         'if [ -f "$RUN_DIR/comm_env.sh" ]; then . "$RUN_DIR/comm_env.sh"; fi',
         "",
         f"LAUNCH=({_q(_launch_command(job))})",
         "",
-        "# The time-limit warning and preemption reach this shell only; pass them on to the ranks, which save a",
-        "# checkpoint at the next iteration boundary and exit with REQUEUE_EXIT.",
+        "# The time-limit warning (--signal=B:USR1) reaches this shell only: relay it to the step, where srun hands",
+        "# it to every process (the ranks; with torchrun, torchrun and its ranks). The ranks save a checkpoint at the",
+        "# next iteration boundary and exit with REQUEUE_EXIT. SIGTERM (time limit, scancel, preemption) is not",
+        "# relayed: Slurm sends it to every process of every step itself, and SIGTERM makes srun abort the step.",
         'latest() { cat "$CKPT_DIR/latest_checkpointed_iteration.txt" 2>/dev/null || echo none; }',
         "SIGNALLED_AT=",
-        "forward() {",
-        '  event "got SIG$1: asking the trainer to checkpoint and stop"',
+        "stop_requested() {",
+        '  event "got SIG$1: $2"',
         '  SIGNALLED_AT=${SIGNALLED_AT:-$(latest)}',
-        '  kill -s "$1" "$STEP" 2>/dev/null',
         "}",
-        "trap 'forward USR1' USR1",
-        "trap 'forward TERM' TERM",
+        """trap 'stop_requested USR1 "asking the trainer to checkpoint and stop"; kill -s USR1 "$STEP" 2>/dev/null' USR1""",
+        """trap 'stop_requested TERM "Slurm is stopping the job; the ranks got SIGTERM too and checkpoint"' TERM""",
         'event "start on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT)"',
         '"${LAUNCH[@]}" "${TRAIN_ARGS[@]}" &',
         "STEP=$!",

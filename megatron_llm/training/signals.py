@@ -8,6 +8,7 @@ boundary. Until then SIGUSR1's default action would kill the rank with nothing s
 from __future__ import annotations
 
 import signal
+import time
 from typing import Optional, Tuple
 
 # Exit statuses a launcher or batch script can act on.
@@ -15,6 +16,9 @@ EXIT_CODE_REQUEUE = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGUSR1/SIGTERM
 EXIT_CODE_NAN = 3  # the loss became NaN/Inf; nothing saved after it (resume from the last good checkpoint)
 
 HANDLED = (signal.SIGUSR1, signal.SIGTERM)
+# One event often arrives twice: Slurm signals every process of a job step, and a launcher in the step (torchrun)
+# relays the same signal to its workers. Repeats this close to the first are that echo, not a user insisting.
+ECHO_WINDOW_S = 5.0
 
 
 class StopSignalHandler:
@@ -22,15 +26,19 @@ class StopSignalHandler:
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self.received_at = 0.0
         self._previous = {}
 
     def _on_signal(self, signum, frame) -> None:
         if self.received is not None:
-            # A second signal means "now": stop waiting for the iteration boundary (e.g. a hung collective).
+            if time.monotonic() - self.received_at < ECHO_WINDOW_S:
+                return  # the same stop request delivered by a second path
+            # A later second signal means "now": stop waiting for the iteration boundary (e.g. a hung collective).
             self.restore()
             signal.raise_signal(signum)
             return
         self.received = signum
+        self.received_at = time.monotonic()
 
     def install(self) -> "StopSignalHandler":
         for sig in HANDLED:

@@ -161,6 +161,10 @@ def test_torchrun_mode_and_container(tmp_path):
     assert "--container-image=nvcr.io/nvidia/pytorch:25.01-py3" in srun
     assert "--ntasks-per-node=1 python3 -m torch.distributed.run --nnodes 2 --nproc-per-node 4" in srun
     assert "--rdzv-endpoint 10.0.0.7:24242 --rdzv-id 4242" in srun
+    # torchrun survives the relayed SIGUSR1 (its default action is to die) and hands it on; SIGTERM to srun would
+    # abort the step (measured on Slurm 22.05: "srun: forcing job termination", ranks killed unsaved)
+    assert "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in text
+    assert 'kill -s USR1 "$STEP"' in text and 'kill -s TERM' not in text
 
 
 def test_cpu_jobs_ask_for_tasks_not_gpus(tmp_path):

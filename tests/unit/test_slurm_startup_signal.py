@@ -63,3 +63,23 @@ def test_warning_during_startup_is_kept_until_the_first_iteration(tmp_path):
     metrics = tb / "metrics.jsonl"
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
     assert [json.loads(l)["iteration"] for l in metrics.read_text().splitlines()] == [1]
+
+
+def test_an_echo_of_the_stop_signal_is_not_a_second_request():
+    """Slurm signals every process of a step and torchrun relays the same signal to its workers: a rank sees one
+    event twice within milliseconds. Only a repeat well after the first means "stop now, without saving"."""
+    from megatron_llm.training import signals as sig
+
+    seen = []
+    previous = {s: signal.signal(s, lambda n, f: seen.append(n)) for s in sig.HANDLED}
+    try:
+        handler = sig.StopSignalHandler().install()
+        signal.raise_signal(signal.SIGUSR1)
+        signal.raise_signal(signal.SIGTERM)  # the echo (or Slurm's TERM right behind its warning)
+        assert handler.received == signal.SIGUSR1 and seen == [] and handler._previous
+        handler.received_at -= sig.ECHO_WINDOW_S + 1
+        signal.raise_signal(signal.SIGTERM)  # a real second request: the previous disposition runs, here ours
+        assert seen == [signal.SIGTERM] and not handler._previous
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
