@@ -54,6 +54,8 @@ def state_from_events(run_dir: str) -> str:
         return "COMPLETED"
     if last.endswith(" requeue"):
         return "REQUEUED"
+    if "ended by SIGTERM" in last:
+        return "TERMINATED"  # scancel, preemption or an unwarned time limit; checkpointed if KillWait allowed
     if "trainer exited with" in last or "refused" in last or "not requeued" in last:
         return "FAILED (" + last.split(" ", 3)[-1] + ")"
     return "RUNNING?"  # started, no end recorded (still running, or killed hard)

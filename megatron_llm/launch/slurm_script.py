@@ -4,9 +4,11 @@ What the script does, in order: pick this array element's run directory and flag
 --max-restarts; export the rendezvous (first host of the allocation, a port derived from the job id); source the
 run's communication settings if the topology tuner wrote them; launch one rank per GPU with srun (or one torchrun
 per node); relay the time-limit warning (SIGUSR1, sent --signal-seconds before the limit, to this shell only) to
-the ranks, which checkpoint and exit with status 75 (SIGTERM from Slurm reaches them directly); then requeue the
-job, which resumes from that checkpoint. With --launcher torchrun, torchrun allows the ranks 30 s (its fixed
-shutdown timeout) to finish the checkpoint; with srun there is no such bound, only the time left before the limit.
+the ranks, which checkpoint and exit with status 75; then requeue the job, which resumes from that checkpoint. On
+SIGTERM (scancel, preemption, a time limit reached unwarned) Slurm signals the ranks itself; they checkpoint within
+KillWait, and the script does not requeue the job (Slurm requeues preempted jobs itself; cancelled ones stay so).
+With --launcher torchrun, torchrun ignores the warning (Slurm delivers it to the ranks directly) and stops the
+remaining local ranks once one exits; on SIGTERM it gives them 30 s (its fixed shutdown timeout) before SIGKILL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import List, Optional
 from megatron_llm.launch.slurm_env import LAUNCHER_ENV, MASTER_PORT_BASE, MASTER_PORT_SPAN
 from megatron_llm.training.signals import EXIT_CODE_REQUEUE
 
-TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 
 
@@ -121,8 +122,10 @@ def _launch_command(job: SlurmJob) -> List[str]:
     python = "python3" if job.container_image else job.python  # inside a container: the image's interpreter
     if job.launcher == "srun":
         return srun + [f"--ntasks-per-node={job.gpus_per_node}", python, "-m", "megatron_llm.cli", "train"]
-    # torchrun per node; the c10d rendezvous needs no node rank (which only exists inside each task)
-    return srun + ["--ntasks-per-node=1", python, "-m", "torch.distributed.run", "--nnodes", str(job.nodes),
+    # torchrun per node (ours ignores the SIGUSR1 that Slurm also delivers to it: see slurm_torchrun.py); the c10d
+    # rendezvous needs no node rank (which only exists inside each task)
+    return srun + ["--ntasks-per-node=1", python, "-m", "megatron_llm.launch.slurm_torchrun", "--nnodes",
+                   str(job.nodes),
                    "--nproc-per-node", str(job.gpus_per_node), "--rdzv-backend", "c10d",
                    "--rdzv-endpoint", "$MASTER_ADDR:$MASTER_PORT", "--rdzv-id", "$SLURM_JOB_ID",
                    "-m", "megatron_llm.cli", "train"]
@@ -170,42 +173,47 @@ def render(job: SlurmJob) -> str:
         "  exit 1",
         "fi",
         "",
+        "# The time-limit warning (--signal=B:USR1) reaches this shell only: relay it to the step, where srun hands",
+        "# it to every process (the ranks; with torchrun, torchrun and its ranks). The ranks save a checkpoint at the",
+        "# next iteration boundary and exit with REQUEUE_EXIT. It is repeated every 5 s until the step ends, for",
+        "# ranks that were still starting (a repeat is harmless). SIGTERM (time limit, scancel, preemption) is not",
+        "# relayed: Slurm sends it to every process of every step itself, and SIGTERM makes srun abort the step.",
+        'latest() { cat "$CKPT_DIR/latest_checkpointed_iteration.txt" 2>/dev/null || echo none; }',
+        "STEP= RELAY= WARNED= TERMINATED= SIGNALLED_AT=",
+        'relay() { while sleep 5 && kill -s USR1 "$STEP" 2>/dev/null; do :; done; }  # the repeats',
+        "stop_requested() {",
+        '  event "got SIG$1: $2"',
+        '  SIGNALLED_AT=${SIGNALLED_AT:-$(latest)}',
+        "}",
+        "on_usr1() {",
+        '  stop_requested USR1 "asking the trainer to checkpoint and stop"',
+        "  WARNED=1",
+        '  if [ -n "$STEP" ]; then kill -s USR1 "$STEP" 2>/dev/null; fi',
+        '  if [ -n "$STEP" ] && [ -z "$RELAY" ]; then relay </dev/null >/dev/null 2>&1 & RELAY=$!; fi',
+        "}",
+        "trap on_usr1 USR1",
+        """trap 'TERMINATED=1; stop_requested TERM "Slurm is ending the job; the ranks got SIGTERM too"' TERM""",
+        "",
         "# Rendezvous: the first host of the allocation, a port derived from the job id.",
         'FIRST_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "MASTER_ADDR=$(scontrol show node -o \"$FIRST_HOST\" | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)",
         'export MASTER_ADDR=${MASTER_ADDR:-$FIRST_HOST}',
         f"export MASTER_PORT=$(( {MASTER_PORT_BASE} + SLURM_JOB_ID % {MASTER_PORT_SPAN} ))",
         f"export {LAUNCHER_ENV}={job.launcher}",
-    ]
-    if job.launcher == "torchrun":
-        # Slurm signals torchrun and its workers alike. torchrun must survive SIGUSR1 (its default action is to
-        # end the process, leaving the ranks orphaned): with USR1 in this list it relays the signal (an echo the
-        # trainer ignores) and gives the ranks 30 s to save and exit before SIGKILL.
-        out.append(f"export TORCHELASTIC_SIGNALS_TO_HANDLE={TORCHRUN_SIGNALS}")
-    out += [
         "# Communication settings (NCCL, buffers) the topology tuner wrote for this run, if any.",
         'if [ -f "$RUN_DIR/comm_env.sh" ]; then . "$RUN_DIR/comm_env.sh"; fi',
         "",
         f"LAUNCH=({_q(_launch_command(job))})",
         "",
-        "# The time-limit warning (--signal=B:USR1) reaches this shell only: relay it to the step, where srun hands",
-        "# it to every process (the ranks; with torchrun, torchrun and its ranks). The ranks save a checkpoint at the",
-        "# next iteration boundary and exit with REQUEUE_EXIT. SIGTERM (time limit, scancel, preemption) is not",
-        "# relayed: Slurm sends it to every process of every step itself, and SIGTERM makes srun abort the step.",
-        'latest() { cat "$CKPT_DIR/latest_checkpointed_iteration.txt" 2>/dev/null || echo none; }',
-        "SIGNALLED_AT=",
-        "stop_requested() {",
-        '  event "got SIG$1: $2"',
-        '  SIGNALLED_AT=${SIGNALLED_AT:-$(latest)}',
-        "}",
-        """trap 'stop_requested USR1 "asking the trainer to checkpoint and stop"; kill -s USR1 "$STEP" 2>/dev/null' USR1""",
-        """trap 'stop_requested TERM "Slurm is stopping the job; the ranks got SIGTERM too and checkpoint"' TERM""",
         'event "start on $SLURM_JOB_NODELIST (rendezvous $MASTER_ADDR:$MASTER_PORT)"',
         '"${LAUNCH[@]}" "${TRAIN_ARGS[@]}" &',
         "STEP=$!",
+        "# warned before the launch: the first repeat comes once srun is up (before that, SIGUSR1 would kill it)",
+        'if [ -n "$WARNED" ] && [ -z "$RELAY" ]; then relay </dev/null >/dev/null 2>&1 & RELAY=$!; fi',
         "# bash runs a trap only when `wait` returns early; keep waiting until the step has really ended.",
         'while :; do wait "$STEP"; kill -0 "$STEP" 2>/dev/null || break; done',
         'wait "$STEP"; RC=$?',
+        'if [ -n "$RELAY" ]; then kill "$RELAY" 2>/dev/null; fi',
         'event "trainer exited with $RC"',
         "# srun --kill-on-bad-exit stops the other ranks when the first one exits with REQUEUE_EXIT, so the step's",
         "# status may be theirs: a checkpoint newer than the one at the signal is what says the ranks saved.",
@@ -214,7 +222,12 @@ def render(job: SlurmJob) -> str:
         "  RC=$REQUEUE_EXIT",
         "fi",
         'if [ "$RC" -eq "$REQUEUE_EXIT" ]; then',
-        '  if [ "$RESTARTS" -lt "$MAX_RESTARTS" ]; then',
+        "  # SIGTERM means Slurm is ending the job (scancel, a time limit reached without the warning, preemption;",
+        "  # the job state cannot tell them apart while it completes). Slurm decides whether it comes back: it",
+        "  # requeues preempted jobs itself (--requeue), a cancelled job stays cancelled.",
+        '  if [ -n "$TERMINATED" ]; then',
+        '    event "not requeued: ended by SIGTERM; sbatch this script again to resume from the checkpoint"',
+        '  elif [ "$RESTARTS" -lt "$MAX_RESTARTS" ]; then',
         '    event "requeue"',
         '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
         '    event "scontrol requeue failed"',

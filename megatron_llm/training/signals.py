@@ -31,9 +31,11 @@ class StopSignalHandler:
 
     def _on_signal(self, signum, frame) -> None:
         if self.received is not None:
-            if time.monotonic() - self.received_at < ECHO_WINDOW_S:
-                return  # the same stop request delivered by a second path
-            # A later second signal means "now": stop waiting for the iteration boundary (e.g. a hung collective).
+            if signum == signal.SIGUSR1 or time.monotonic() - self.received_at < ECHO_WINDOW_S:
+                # SIGUSR1 only ever asks for a checkpoint (a batch script may repeat it until the ranks have it);
+                # anything within the window is the same request delivered by a second path
+                return
+            # A later SIGTERM means "now": stop waiting for the iteration boundary (e.g. a hung collective).
             self.restore()
             signal.raise_signal(signum)
             return

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Dict, List, Optional
 
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "scancel")
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
+            "DEADLINE", None)  # None: Slurm no longer knows the job
 
 
 def _die_with_parent() -> None:
@@ -95,7 +98,9 @@ class LocalSlurmCluster:
             "MpiDefault=none",
             "ReturnToService=2",
             "MinJobAge=600",
-            "KillWait=5",
+            # SIGTERM to SIGKILL on scancel / time limit: the ranks checkpoint and the batch script logs and
+            # decides in this window (Slurm's default; 5 s is too short on a busy 2-core machine)
+            "KillWait=30",
             "InactiveLimit=0",
             "JobCompType=jobcomp/filetxt",
             f"JobCompLoc={r}/logs/jobcomp.txt",
@@ -156,16 +161,32 @@ class LocalSlurmCluster:
             time.sleep(1.0)
         raise AssertionError(f"job {job_id} still {state} after {timeout}s")
 
-    def stop(self) -> None:
-        # slurmstepd detaches from slurmd: cancel jobs and let their steps end before stopping the daemons.
+    def step_sockets(self) -> List[str]:
+        """slurmstepd's sockets in the spool directories: one per job step still alive on a node."""
+        found = []
+        for path in (self.root / "spool").glob("*/*"):
+            try:
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    found.append(str(path))
+            except FileNotFoundError:
+                pass
+        return found
+
+    def stop(self, timeout: float = 90.0) -> None:
+        # slurmstepd detaches from slurmd: end every job and wait for its steps before stopping the daemons, or
+        # they (and the ranks) outlive the cluster. A job may requeue itself while being cancelled, so cancel
+        # again until nothing is live.
+        leftover: List[str] = []
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
-            ids = self.job_ids()
-            if ids:
-                self.run(["scancel", *ids], check=False)
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and any(
-                        self.job_state(j) in ("RUNNING", "COMPLETING", "PENDING") for j in ids):
-                    time.sleep(0.5)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                live = [j for j in self.job_ids() if self.job_state(j) not in FINISHED]
+                leftover = self.step_sockets()
+                if not live and not leftover:
+                    break
+                if live:
+                    self.run(["scancel", *live], check=False)
+                time.sleep(1.0)
         for name, p in list(self.procs.items())[::-1]:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -175,3 +196,6 @@ class LocalSlurmCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        if leftover:
+            raise RuntimeError(f"job steps still alive after the cluster stopped (their slurmstepd sockets: "
+                               f"{leftover}); see {self.root / 'logs'}")

@@ -30,6 +30,8 @@ def test_jobs_lists_registered_runs_with_state_from_their_directories(tmp_path, 
                   iteration=12, ckpt=12),
         "9": _run(tmp_path, "crashed", ["start on n1", "trainer exited with 1"], iteration=3),
         "10": str(tmp_path / "pending"),
+        "11": _run(tmp_path, "cancelled", ["start on n1", "got SIGTERM: ...", "trainer exited with 75",
+                                          "not requeued: ended by SIGTERM; sbatch this script again"]),
     }
     for job_id, run_dir in runs.items():
         runs_registry.register({"job_id": job_id, "job_name": "t", "run_dir": run_dir, "submitted": "now"})
@@ -38,11 +40,11 @@ def test_jobs_lists_registered_runs_with_state_from_their_directories(tmp_path, 
     assert (rows["7"]["state"], rows["7"]["iteration"], rows["7"]["checkpoint"]) == ("COMPLETED", 20, 20)
     assert (rows["8"]["state"], rows["8"]["checkpoint"]) == ("REQUEUED", 12)
     assert rows["9"]["state"].startswith("FAILED") and rows["9"]["checkpoint"] is None
-    assert rows["10"]["state"] == "NOT_STARTED"
+    assert rows["10"]["state"] == "NOT_STARTED" and rows["11"]["state"] == "TERMINATED"
 
     assert jobs_cli.main([]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:5] == ["JOBID", "NAME", "STATE", "ITER", "CKPT"] and len(table) == 5
+    assert table[0].split()[:5] == ["JOBID", "NAME", "STATE", "ITER", "CKPT"] and len(table) == 6
 
 
 def test_a_torn_registry_line_hides_no_other_run(tmp_path, monkeypatch, capsys):

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,14 +94,25 @@ def _stubs(tmp_path: Path, srun_exit: int) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
+    # STUB_SIGNAL: Slurm signals the batch shell (this stub's parent) while the step runs. On USR1 the shell must
+    # relay it to the step, whose ranks then save and exit 75; on TERM Slurm has signalled the ranks itself.
     (bin_dir / "srun").write_text(
         f"#!/bin/bash\necho \"srun $* | MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT "
-        f"LAUNCHER=$MEGATRON_LLM_LAUNCHER\" >> {log}\nexit {srun_exit}\n")
+        f"LAUNCHER=$MEGATRON_LLM_LAUNCHER\" >> {log}\n"
+        "case \"${STUB_SIGNAL:-}\" in\n"
+        f"  USR1) sleep 30 & SLEEP=$!; trap 'echo \"srun got USR1\" >> {log}; kill $SLEEP; exit 75' USR1\n"
+        "        kill -s USR1 $PPID; wait $SLEEP; exit 1 ;;\n"
+        "  TERM) kill -s TERM $PPID; sleep 0.3; exit 75 ;;\n"
+        f"  WAIT) sleep 30 & SLEEP=$!; trap 'echo \"srun got USR1\" >> {log}; kill $SLEEP; exit 75' USR1\n"
+        "        wait $SLEEP; exit 1 ;;\n"
+        "esac\n"
+        f"exit {srun_exit}\n")
     (bin_dir / "scontrol").write_text(
         "#!/bin/bash\n"
         f"echo \"scontrol $*\" >> {log}\n"
         "case \"$1 $2\" in\n"
-        "  'show hostnames') echo node007; echo node008 ;;\n"
+        "  'show hostnames') if [ -n \"${STUB_MARK:-}\" ]; then touch \"$STUB_MARK\"; sleep 1; fi\n"
+        "                    echo node007; echo node008 ;;\n"
         "  'show node') echo \"NodeName=$4 Arch=x86_64 NodeAddr=10.0.0.7 NodeHostName=$4\" ;;\n"
         "esac\n")
     for f in bin_dir.iterdir():
@@ -107,11 +120,11 @@ def _stubs(tmp_path: Path, srun_exit: int) -> Path:
     return bin_dir
 
 
-def _run_script(tmp_path, job, srun_exit, restart=None):
+def _run_script(tmp_path, job, srun_exit, restart=None, signal_batch=""):
     script = tmp_path / "job.sbatch"
     script.write_text(render(job))
     env = dict(os.environ, PATH=f"{_stubs(tmp_path, srun_exit)}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
-               SLURM_JOB_NODELIST="node[007-008]")
+               SLURM_JOB_NODELIST="node[007-008]", STUB_SIGNAL=signal_batch)
     if restart is not None:
         env["SLURM_RESTART_COUNT"] = str(restart)
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
@@ -146,6 +159,44 @@ def test_script_requeues_on_exit_75_until_max_restarts(tmp_path):
     assert proc.returncode == 1 and "scontrol requeue 4242" not in calls  # a crash is not requeued: no loop
 
 
+def test_the_warning_is_relayed_to_the_step_and_requeues(tmp_path):
+    proc, calls, events = _run_script(tmp_path, _job(tmp_path), srun_exit=0, restart=0, signal_batch="USR1")
+    assert proc.returncode == 0 and "srun got USR1" in calls and "scontrol requeue 4242" in calls
+    assert "got SIGUSR1" in events[-3] and events[-2].endswith("trainer exited with 75") and events[-1].endswith(
+        "requeue")
+
+
+def test_a_warning_before_the_launch_reaches_the_step(tmp_path):
+    """Slurm may send the warning up to a check cycle (~30 s) early: here it lands while the script is still
+    finding the rendezvous host, and the ranks must get it once they are launched."""
+    job = _job(tmp_path)
+    script = tmp_path / "job.sbatch"
+    script.write_text(render(job))
+    mark = tmp_path / "in-rendezvous"
+    env = dict(os.environ, PATH=f"{_stubs(tmp_path, 0)}:{os.environ['PATH']}", SLURM_JOB_ID="4242",
+               SLURM_JOB_NODELIST="node[007-008]", STUB_SIGNAL="WAIT", STUB_MARK=str(mark))
+    proc = subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 30
+    while not mark.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=60)
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    events = (Path(job.run_dir) / "events.log").read_text().splitlines()
+    assert proc.returncode == 0, err
+    assert "got SIGUSR1" in events[0] and "start on" in events[1]  # warned first, launched after
+    assert "srun got USR1" in calls and "scontrol requeue 4242" in calls and events[-1].endswith("requeue")
+
+
+def test_sigterm_ends_the_job_without_requeue(tmp_path):
+    # scancel / preemption / an unwarned time limit: the ranks save on Slurm's SIGTERM; Slurm decides what follows
+    proc, calls, events = _run_script(tmp_path, _job(tmp_path), srun_exit=0, restart=0, signal_batch="TERM")
+    assert proc.returncode == 75 and "scontrol requeue 4242" not in calls and "srun got USR1" not in calls
+    assert "got SIGTERM" in events[-3] and "not requeued: ended by SIGTERM" in events[-1]
+
+
 def test_script_refuses_to_start_past_max_restarts(tmp_path):
     proc, calls, events = _run_script(tmp_path, _job(tmp_path), srun_exit=0, restart=3)
     assert proc.returncode == 1 and not any(c.startswith("srun") for c in calls)
@@ -159,11 +210,10 @@ def test_torchrun_mode_and_container(tmp_path):
     proc, calls, _ = _run_script(tmp_path, job, srun_exit=0)
     srun = next(c for c in calls if c.startswith("srun"))
     assert "--container-image=nvcr.io/nvidia/pytorch:25.01-py3" in srun
-    assert "--ntasks-per-node=1 python3 -m torch.distributed.run --nnodes 2 --nproc-per-node 4" in srun
+    assert "--ntasks-per-node=1 python3 -m megatron_llm.launch.slurm_torchrun --nnodes 2 --nproc-per-node 4" in srun
     assert "--rdzv-endpoint 10.0.0.7:24242 --rdzv-id 4242" in srun
-    # torchrun survives the relayed SIGUSR1 (its default action is to die) and hands it on; SIGTERM to srun would
-    # abort the step (measured on Slurm 22.05: "srun: forcing job termination", ranks killed unsaved)
-    assert "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in text
+    # the warning goes to the step as SIGUSR1 (srun relays it to every process; our torchrun ignores it); SIGTERM
+    # to srun would abort the step (measured on Slurm 22.05: "srun: forcing job termination", ranks unsaved)
     assert 'kill -s USR1 "$STEP"' in text and 'kill -s TERM' not in text
 
 

@@ -67,7 +67,7 @@ def test_warning_during_startup_is_kept_until_the_first_iteration(tmp_path):
 
 def test_an_echo_of_the_stop_signal_is_not_a_second_request():
     """Slurm signals every process of a step and torchrun relays the same signal to its workers: a rank sees one
-    event twice within milliseconds. Only a repeat well after the first means "stop now, without saving"."""
+    event twice within milliseconds. Only a SIGTERM well after the first signal means "stop now, without saving"."""
     from megatron_llm.training import signals as sig
 
     seen = []
@@ -78,6 +78,8 @@ def test_an_echo_of_the_stop_signal_is_not_a_second_request():
         signal.raise_signal(signal.SIGTERM)  # the echo (or Slurm's TERM right behind its warning)
         assert handler.received == signal.SIGUSR1 and seen == [] and handler._previous
         handler.received_at -= sig.ECHO_WINDOW_S + 1
+        signal.raise_signal(signal.SIGUSR1)  # a repeated warning (the batch script re-sends it) is still no more
+        assert seen == [] and handler._previous
         signal.raise_signal(signal.SIGTERM)  # a real second request: the previous disposition runs, here ours
         assert seen == [signal.SIGTERM] and not handler._previous
     finally:
