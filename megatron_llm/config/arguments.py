@@ -176,21 +176,20 @@ def validate(cfg: RunConfig, world_size: int, check_files: bool = True) -> None:
                           f"--pipeline-model-parallel-size {pp}; raise --global-batch-size")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
-    if not d.mock_data and not check_files:
-        data_prefixes(d.data_path or [])
-    elif not d.mock_data:
+    if not d.mock_data:
         if not d.data_path:
             raise ConfigError("--data-path is required (or --mock-data for synthetic tokens)")
-        from megatron_llm.data.indexed_check import verify_indexed_dataset
+        prefixes = data_prefixes(d.data_path)
+        if check_files:
+            from megatron_llm.data.gpt_datasets import check_splits
+            from megatron_llm.data.indexed_check import verify_indexed_dataset
 
-        for prefix in data_prefixes(d.data_path):
-            try:  # a truncated or mismatched .bin/.idx pair is refused here, not deep inside training
-                verify_indexed_dataset(prefix)
-            except ValueError as e:
-                raise ConfigError(f"--data-path: {e}") from None
-        from megatron_llm.data.gpt_datasets import check_splits
-
-        check_splits(cfg, gbs)
+            for prefix in prefixes:
+                try:  # a truncated or mismatched .bin/.idx pair is refused here, not deep inside training
+                    verify_indexed_dataset(prefix)
+                except ValueError as e:
+                    raise ConfigError(f"--data-path: {e}") from None
+            check_splits(cfg, gbs)
     if d.tokenizer_type in ("SentencePieceTokenizer", "HuggingFaceTokenizer"):
         if not d.tokenizer_model:
             raise ConfigError(f"--tokenizer-type {d.tokenizer_type} needs --tokenizer-model")

@@ -33,6 +33,16 @@ def time_limit_seconds(limit: str) -> int:
     return ((days * 24 + h) * 60 + mins) * 60 + s
 
 
+def flag_value(args: List[str], flag: str) -> Optional[str]:
+    """The value of `flag` in an argument list (`--flag V` or `--flag=V`), or None."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
 @dataclass
 class Element:
     """One run: its directory and the full `megatron-llm train` flags (one per array element)."""
@@ -42,8 +52,7 @@ class Element:
 
     @property
     def checkpoint_dir(self) -> str:
-        i = self.train_args.index("--save") if "--save" in self.train_args else -1
-        return self.train_args[i + 1] if 0 <= i < len(self.train_args) - 1 else ""
+        return flag_value(self.train_args, "--save") or ""
 
 
 @dataclass
@@ -181,6 +190,7 @@ def render(job: SlurmJob) -> str:
         'latest() { cat "$CKPT_DIR/latest_checkpointed_iteration.txt" 2>/dev/null || echo none; }',
         "STEP= RELAY= WARNED= TERMINATED= SIGNALLED_AT=",
         'relay() { while sleep 5 && kill -s USR1 "$STEP" 2>/dev/null; do :; done; }  # the repeats',
+        'start_relay() { if [ -z "$RELAY" ]; then relay </dev/null >/dev/null 2>&1 & RELAY=$!; fi; }',
         "stop_requested() {",
         '  event "got SIG$1: $2"',
         '  SIGNALLED_AT=${SIGNALLED_AT:-$(latest)}',
@@ -189,7 +199,7 @@ def render(job: SlurmJob) -> str:
         '  stop_requested USR1 "asking the trainer to checkpoint and stop"',
         "  WARNED=1",
         '  if [ -n "$STEP" ]; then kill -s USR1 "$STEP" 2>/dev/null; fi',
-        '  if [ -n "$STEP" ] && [ -z "$RELAY" ]; then relay </dev/null >/dev/null 2>&1 & RELAY=$!; fi',
+        '  if [ -n "$STEP" ]; then start_relay; fi',
         "}",
         "trap on_usr1 USR1",
         """trap 'TERMINATED=1; stop_requested TERM "Slurm is ending the job; the ranks got SIGTERM too"' TERM""",
@@ -209,7 +219,7 @@ def render(job: SlurmJob) -> str:
         '"${LAUNCH[@]}" "${TRAIN_ARGS[@]}" &',
         "STEP=$!",
         "# warned before the launch: the first repeat comes once srun is up (before that, SIGUSR1 would kill it)",
-        'if [ -n "$WARNED" ] && [ -z "$RELAY" ]; then relay </dev/null >/dev/null 2>&1 & RELAY=$!; fi',
+        'if [ -n "$WARNED" ]; then start_relay; fi',
         "# bash runs a trap only when `wait` returns early; keep waiting until the step has really ended.",
         'while :; do wait "$STEP"; kill -0 "$STEP" 2>/dev/null || break; done',
         'wait "$STEP"; RC=$?',

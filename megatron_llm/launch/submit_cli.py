@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from megatron_llm.fileio import atomic_write_text
 from megatron_llm.launch import runs_registry
-from megatron_llm.launch.slurm_script import Element, SlurmJob, render, time_limit_seconds
+from megatron_llm.launch.slurm_script import Element, SlurmJob, flag_value, render, time_limit_seconds
 
 PROG = "megatron-llm submit"
 
@@ -76,15 +76,6 @@ def parse_array(specs: Sequence[str]) -> List[Tuple[str, List[str]]]:
     return axes
 
 
-def _flag_value(args: List[str], flag: str) -> Optional[str]:
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def _without(args: List[str], flag: str) -> List[str]:
     """Drop a flag and its values (an override replaces it)."""
     out, skip = [], False
@@ -108,7 +99,7 @@ def _slug(text: str) -> str:
 def build_elements(train_args: List[str], run_dir: str, axes) -> List[Element]:
     """One element per grid point; each gets its own directory and --save/--load/--tensorboard-dir there."""
     for flag in ("--save", "--load", "--tensorboard-dir"):
-        if axes and _flag_value(train_args, flag) is not None:
+        if axes and flag_value(train_args, flag) is not None:
             raise SubmitError(f"{flag} with --array: every element needs its own directory; leave {flag} unset "
                               f"and each element uses <run-dir>/<element>/")
     points = list(itertools.product(*[[(f, v) for v in vals] for f, vals in axes])) if axes else [()]
@@ -119,12 +110,13 @@ def build_elements(train_args: List[str], run_dir: str, axes) -> List[Element]:
             args = _without(args, flag) + [flag, value]
         name = "-".join(f"{f.lstrip('-')}{v}" for f, v in point)
         el_dir = os.path.join(run_dir, f"{i}-{_slug(name)}") if point else run_dir
-        save = _flag_value(args, "--save") or os.path.join(el_dir, "checkpoints")
-        if _flag_value(args, "--save") is None:
+        save = flag_value(args, "--save")
+        if save is None:
+            save = os.path.join(el_dir, "checkpoints")
             args += ["--save", save]
-        if _flag_value(args, "--load") is None:
+        if flag_value(args, "--load") is None:
             args += ["--load", save]  # a requeued job resumes from what it saved
-        if _flag_value(args, "--tensorboard-dir") is None:
+        if flag_value(args, "--tensorboard-dir") is None:
             args += ["--tensorboard-dir", os.path.join(el_dir, "tensorboard")]
         elements.append(Element(name=name or "run", run_dir=el_dir, train_args=args))
     return elements
@@ -189,11 +181,11 @@ def _main(opts, train_args: List[str], argv: List[str]) -> int:
         raise SubmitError(f"--signal-seconds {opts.signal_seconds} is not shorter than --time {opts.time}: the "
                           f"warning would come before the job starts")
     train_args = _without(train_args, "--nproc-per-node")  # ranks come from the allocation
-    device = _flag_value(train_args, "--device") or "cuda"
+    device = flag_value(train_args, "--device") or "cuda"
     axes = parse_array(opts.array)
     world = opts.nodes * opts.gpus_per_node
 
-    name = opts.job_name or _flag_value(train_args, "--recipe") or "megatron-llm"
+    name = opts.job_name or flag_value(train_args, "--recipe") or "megatron-llm"
     run_dir = os.path.abspath(opts.run_dir or os.path.join(
         "runs", f"{_slug(os.path.basename(name))}-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
     elements = build_elements(train_args, run_dir, axes)

@@ -220,3 +220,9 @@ def test_torchrun_mode_and_container(tmp_path):
 def test_cpu_jobs_ask_for_tasks_not_gpus(tmp_path):
     text = render(_job(tmp_path, device="cpu"))
     assert "#SBATCH --ntasks-per-node=4" in text and "--gpus-per-node" not in text
+
+
+def test_save_given_as_flag_equals_value_is_the_checkpoint_dir(tmp_path):
+    (el,) = build_elements(["--save=/ckpt/here"], str(tmp_path), [])
+    assert el.checkpoint_dir == "/ckpt/here"  # what the script watches to tell a save on the signal
+    assert el.train_args[el.train_args.index("--load") + 1] == "/ckpt/here"
