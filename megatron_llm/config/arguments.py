@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import typing
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
-from megatron_llm.config.model import ModelConfig
+from megatron_llm.config.model import ARCHITECTURES
 from megatron_llm.config.training import RunConfig
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
@@ -60,8 +59,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             help_ = f.metadata.get("help", "")
             default = f.default if f.default is not dataclasses.MISSING else None
             help_ = f"{help_} (default: {default})" if help_ else None
-            if _is_bool(tp):
+            if _is_bool(tp) and default:
+                # On by default (recipes may rely on it): --X and --no-X.
                 group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                   default=None, help=help_)
+            elif _is_bool(tp):
+                # Off by default: --X only (no --no-no-load-optim).
+                group.add_argument(flag(f.name), dest=f.name, action="store_const", const=True,
                                    default=None, help=help_)
             else:
                 kw: Dict[str, Any] = {"dest": f.name, "default": None, "type": _scalar_type(tp), "help": help_}
@@ -90,11 +94,14 @@ def load_recipe(name_or_path: str) -> Dict[str, Any]:
         raise ConfigError(f"--recipe {path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"--recipe {path}: expected a mapping of flag names to values, got {type(data).__name__}")
-    known = {f.name for cls in _section_classes().values() for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in known:
+    fields = {f.name: f for cls in _section_classes().values() for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
             raise ConfigError(f"--recipe {path}: unknown key {key!r} (keys are flag names with underscores, "
                               f"e.g. num_layers for --num-layers)")
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"--recipe {path}: {key}: {value!r} is not one of {', '.join(map(str, choices))}")
     return data
 
 
@@ -125,9 +132,10 @@ def config_to_dict(cfg: RunConfig) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def validate(cfg: RunConfig, world_size: int, check_files: bool = True) -> None:
-    """Refuse impossible configurations before any process group exists (a bad one would hang the workers).
-    check_files=False checks the shapes and layout only (a script written on a machine without the data)."""
+def validate(cfg: RunConfig, world_size: int) -> None:
+    """Refuse impossible shapes and layouts before any process group exists (a bad one would hang the workers).
+    Shapes only: whether the input files exist and agree is data's question (data/input_checks.py), asked once
+    per job by the process the user runs."""
     m, p, d = cfg.model, cfg.parallel, cfg.data
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     if tp < 1 or pp < 1:
@@ -135,7 +143,7 @@ def validate(cfg: RunConfig, world_size: int, check_files: bool = True) -> None:
     if world_size % (tp * pp):
         raise ConfigError(f"world size {world_size} (--nproc-per-node x nodes) is not divisible by "
                           f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} = {tp * pp}")
-    dp = world_size // (tp * pp)
+    dp = cfg.data_parallel_size(world_size)
     if m.num_attention_heads % tp:
         raise ConfigError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
                           f"--tensor-model-parallel-size {tp}")
@@ -166,7 +174,7 @@ def validate(cfg: RunConfig, world_size: int, check_files: bool = True) -> None:
     if d.seq_length > m.max_position_embeddings:
         raise ConfigError(f"--seq-length {d.seq_length} exceeds --max-position-embeddings "
                           f"{m.max_position_embeddings}")
-    gbs = d.global_batch_size or d.micro_batch_size * dp
+    gbs = cfg.global_batch_size(dp)
     if gbs % (d.micro_batch_size * dp):
         raise ConfigError(f"--global-batch-size {gbs} is not divisible by --micro-batch-size "
                           f"{d.micro_batch_size} x data-parallel size {dp} = {d.micro_batch_size * dp}")
@@ -176,29 +184,18 @@ def validate(cfg: RunConfig, world_size: int, check_files: bool = True) -> None:
                           f"--pipeline-model-parallel-size {pp}; raise --global-batch-size")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
+    if m.architecture not in ARCHITECTURES:
+        raise ConfigError(f"--architecture {m.architecture!r} is not implemented; choose one of "
+                          f"{', '.join(ARCHITECTURES)}")
     if not d.mock_data:
         if not d.data_path:
             raise ConfigError("--data-path is required (or --mock-data for synthetic tokens)")
-        prefixes = data_prefixes(d.data_path)
-        if check_files:
-            from megatron_llm.data.gpt_datasets import check_splits
-            from megatron_llm.data.indexed_check import verify_indexed_dataset
-
-            for prefix in prefixes:
-                try:  # a truncated or mismatched .bin/.idx pair is refused here, not deep inside training
-                    verify_indexed_dataset(prefix)
-                except ValueError as e:
-                    raise ConfigError(f"--data-path: {e}") from None
-            check_splits(cfg, gbs)
+        data_prefixes(d.data_path)
     if d.tokenizer_type in ("SentencePieceTokenizer", "HuggingFaceTokenizer"):
         if not d.tokenizer_model:
             raise ConfigError(f"--tokenizer-type {d.tokenizer_type} needs --tokenizer-model")
-        if check_files and not os.path.exists(d.tokenizer_model):
-            raise ConfigError(f"--tokenizer-model {d.tokenizer_model} does not exist")
     elif d.tokenizer_type == "NullTokenizer" and not m.vocab_size:
         raise ConfigError("--tokenizer-type NullTokenizer needs --vocab-size")
-    if check_files and cfg.checkpoint.load and not os.path.isdir(cfg.checkpoint.load) and cfg.checkpoint.load != cfg.checkpoint.save:
-        raise ConfigError(f"--load {cfg.checkpoint.load} is not a directory")
 
 
 def data_prefixes(data_path: List[str]) -> List[str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
+
+
+ARCHITECTURES = ("llama",)
 
 
 @dataclass
@@ -22,7 +25,8 @@ class ModelConfig:
     norm_epsilon: float = 1e-5
     untie_embeddings_and_output_weights: bool = True
     init_method_std: float = 0.02
-    architecture: str = "llama"  # "llama" | "transnormer"
+    # Only implemented families are accepted; a new one adds its name here with its model code.
+    architecture: str = field(default="llama", metadata={"help": "model family", "choices": ARCHITECTURES})
 
     def __post_init__(self) -> None:
         if self.num_query_groups is None:

@@ -110,3 +110,10 @@ class RunConfig:
     recipe: Optional[str] = None
 
     SECTIONS = ("model", "parallel", "optim", "data", "train", "checkpoint", "logging", "launch")
+
+    def data_parallel_size(self, world_size: int) -> int:
+        return world_size // (self.parallel.tensor_model_parallel_size * self.parallel.pipeline_model_parallel_size)
+
+    def global_batch_size(self, data_parallel_size: int) -> int:
+        """--global-batch-size, or one micro-batch per data-parallel rank when it is not given (Megatron-LM's rule)."""
+        return self.data.global_batch_size or self.data.micro_batch_size * data_parallel_size

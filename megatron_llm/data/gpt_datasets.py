@@ -15,6 +15,7 @@ import torch
 
 from megatron_llm.config.arguments import data_prefixes
 from megatron_llm.config.training import RunConfig
+from megatron_llm.data.input_checks import dataset_sizes
 
 
 def parse_blend(data_path: List[str]) -> Tuple[List[str], Optional[List[float]]]:
@@ -23,37 +24,6 @@ def parse_blend(data_path: List[str]) -> Tuple[List[str], Optional[List[float]]]
     if len(data_path) == 1:
         return prefixes, None
     return prefixes, [float(w) for w in data_path[0::2]]
-
-
-def dataset_sizes(cfg: RunConfig, global_batch_size: int) -> List[int]:
-    """Samples needed per split: training, and one fixed validation set of --eval-iters batches (evaluated at
-    every --eval-interval). The test split is not read during training, so nothing is drawn from it."""
-    t = cfg.train
-    train = t.train_iters * global_batch_size
-    valid = t.eval_iters * global_batch_size if t.eval_interval else 0
-    return [train, valid, 0]
-
-
-def check_splits(cfg: RunConfig, global_batch_size: int) -> None:
-    """Refuse a --split that leaves a needed split without documents: megatron-core would loop forever looking
-    for enough epochs to fill it."""
-    from megatron.core.datasets.blended_megatron_dataset_config import (convert_split_vector_to_split_matrix,
-                                                                         parse_and_normalize_split)
-
-    from megatron_llm.config.arguments import ConfigError
-    from megatron_llm.data.indexed_format import read_header
-
-    if cfg.data.mock_data:
-        return
-    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(cfg.data.split))
-    sizes = dataset_sizes(cfg, global_batch_size)
-    for prefix in parse_blend(cfg.data.data_path)[0]:
-        docs = read_header(prefix + ".idx").document_count
-        for name, part, size in zip(("train", "valid", "test"), matrix, sizes):
-            if size and (part is None or int(round(part[1] * docs)) - int(round(part[0] * docs)) == 0):
-                raise ConfigError(f"--split {cfg.data.split}: the {name} split of {prefix} gets no documents "
-                                  f"({docs} in all) but {size} samples are needed; give it a larger share"
-                                  + (" or set --eval-interval 0" if name == "valid" else ""))
 
 
 class DatasetTokenizerView:

@@ -55,7 +55,7 @@ def combine_exit_codes(codes: List[int], requeue_code: int) -> int:
 
 def run_workers(module: str, argv: List[str], nproc: int, master_addr: str = "127.0.0.1",
                 master_port: Optional[int] = None, cpu: bool = False, grace_s: float = 30.0) -> int:
-    from megatron_llm.training.signals import EXIT_CODE_REQUEUE
+    from megatron_llm.exit_codes import EXIT_CODE_REQUEUE
 
     port = master_port or free_port(master_addr)
     procs = [subprocess.Popen([sys.executable, "-m", module, *argv],

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from megatron_llm.launch.slurm_env import LAUNCHER_ENV, MASTER_PORT_BASE, MASTER_PORT_SPAN
-from megatron_llm.training.signals import EXIT_CODE_REQUEUE
+from megatron_llm.exit_codes import EXIT_CODE_REQUEUE
 
 TIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 

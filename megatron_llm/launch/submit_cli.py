@@ -125,10 +125,14 @@ def build_elements(train_args: List[str], run_dir: str, axes) -> List[Element]:
 def validate_train_args(args: List[str], world: int, check_files: bool) -> None:
     """The same checks `megatron-llm train` makes, for nodes x GPUs ranks — before anything is submitted."""
     from megatron_llm.config.arguments import ConfigError, build_config, parse_run_args, validate
+    from megatron_llm.data.input_checks import check_input_files
 
     try:
         parsed, values = parse_run_args(args, prog=f"{PROG} (train flags)")
-        validate(build_config(values, parsed.recipe), world, check_files=check_files)
+        cfg = build_config(values, parsed.recipe)
+        validate(cfg, world)
+        if check_files:
+            check_input_files(cfg, world)
     except ConfigError as e:
         raise SubmitError(f"{e} (world size = --nodes x --gpus-per-node = {world})") from None
 

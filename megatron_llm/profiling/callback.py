@@ -12,20 +12,15 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from megatron_llm.profiling import flops as flops_mod
-from megatron_llm.profiling.peaks import resolve_peak, training_dtype
+from megatron_llm.perf import flops as flops_mod
+from megatron_llm.perf.peaks import resolve_peak, training_dtype
+from megatron_llm.perf.throughput import host_rss_gb
 from megatron_llm.profiling.report import ProfileMeta, timer_values, write_report
 from megatron_llm.profiling.telemetry import TelemetrySampler, aggregate, sampler_for_rank
 from megatron_llm.profiling.trace import TraceWindow
 from megatron_llm.training.callbacks import TrainCallback, TrainContext
 
 MAX_PLOT_SAMPLES = 4000  # per rank; the sampler may run for a long warm-up, the plot needs no more
-
-
-def _host_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
 def _parallel_ranks() -> Dict[str, Optional[int]]:
@@ -88,8 +83,8 @@ class ProfilerCallback(TrainCallback):
         self.rank = ctx.rank
         m, d, p = cfg.model, cfg.data, cfg.parallel
         tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-        dp = max(1, ctx.world_size // (tp * pp))
-        gbs = d.global_batch_size or d.micro_batch_size * dp
+        dp = max(1, cfg.data_parallel_size(ctx.world_size))
+        gbs = cfg.global_batch_size(dp)
         # Model FLOPs count the tokenizer's vocabulary; hardware FLOPs the padded one the logits really use.
         model_vocab = int(getattr(ctx, "tokenizer_vocab_size", None) or m.vocab_size or ctx.vocab_size)
         hw_vocab = int(ctx.vocab_size or model_vocab)
@@ -97,7 +92,9 @@ class ProfilerCallback(TrainCallback):
         chunks = len(ctx.model) if isinstance(ctx.model, (list, tuple)) else 1
         recompute, recompute_layers = flops_mod.recompute_from_transformer_config(tc, chunks * pp) if tc is not None \
             else ("none", None)
-        dtype = training_dtype(cfg.optim.bf16, cfg.optim.fp16)
+        import torch
+
+        dtype = training_dtype(cfg.optim.bf16, cfg.optim.fp16, allow_tf32=torch.backends.cuda.matmul.allow_tf32)
         device_name = self.device_name or self._device_name(ctx.device)
         peak = resolve_peak(ctx.device, device_name, dtype, cfg.logging.gpu_peak_tflops)
         shape = {k: getattr(m, k) for k in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
@@ -114,9 +111,7 @@ class ProfilerCallback(TrainCallback):
             recompute=recompute if recompute_layers is None else f"{recompute} ({recompute_layers} layers)",
             attention=self.attention, peak_tflops=peak.tflops, peak_description=peak.describe(),
             warmup_iters=self.warmup_iters, profile_iters=self.profile_iters,
-            flops_convention=flops_mod.describe_convention(self.attention) + (
-                "" if getattr(m, "architecture", "llama") == "llama" else
-                f"; NOTE: architecture {m.architecture!r} is counted with the softmax-attention formula"),
+            flops_convention=flops_mod.describe_convention(self.attention),
             model_shape=shape,
             overlap_grad_reduce=bool(p.overlap_grad_reduce), recipe=cfg.recipe,
             trace_iters=list(self.trace_iters) if self.trace_iters else None,
@@ -198,7 +193,7 @@ class ProfilerCallback(TrainCallback):
         if ctx.device == "cuda" and torch.cuda.is_available():
             mem, kind = torch.cuda.max_memory_allocated() / 2 ** 30, "torch max allocated"
         else:
-            mem, kind = _host_rss_gb(), "host RSS"
+            mem, kind = host_rss_gb(), "host RSS"
         return {
             "rank": ctx.rank,
             **getattr(self, "parallel_ranks", {}),

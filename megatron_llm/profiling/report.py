@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from megatron_llm.fileio import atomic_write_text
+from megatron_llm.perf.throughput import throughput
 
 COMPONENTS = ("forward", "backward", "pipeline_wait", "dp_comm_exposed", "other_comm", "optimizer", "other")
 OTHER_COMM_TIMERS = ("embedding-grads-all-reduce", "non-tensor-parallel-grads-all-reduce",
@@ -122,13 +123,13 @@ def summarise(meta: ProfileMeta, ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
     tokens_per_step = meta.global_batch_size * meta.seq_length
     per_iter = []
     for it in sorted(step):
-        tf = meta.model_flops_per_iteration / step[it] / meta.world_size / 1e12
-        hf = meta.hardware_flops_per_iteration / step[it] / meta.world_size / 1e12
+        model = throughput(meta.model_flops_per_iteration, tokens_per_step, step[it], meta.world_size,
+                           meta.peak_tflops)
+        hw = throughput(meta.hardware_flops_per_iteration, tokens_per_step, step[it], meta.world_size,
+                        meta.peak_tflops)
         per_iter.append({"iteration": it, "measured": it in measured, "step_time_s": step[it],
-                         "tokens_per_s": tokens_per_step / step[it], "tflops_per_gpu": tf,
-                         "hw_tflops_per_gpu": hf,
-                         "mfu": tf / meta.peak_tflops if meta.peak_tflops else None,
-                         "hfu": hf / meta.peak_tflops if meta.peak_tflops else None})
+                         "tokens_per_s": model.tokens_per_s, "tflops_per_gpu": model.tflops_per_gpu,
+                         "hw_tflops_per_gpu": hw.tflops_per_gpu, "mfu": model.mfu, "hfu": hw.mfu})
     s: Dict[str, Any] = {"measured_iterations": measured, "tokens_per_step": tokens_per_step,
                          "per_iteration": per_iter,
                          "traced_excluded": sorted(it for it in traced if lo < it <= hi and it in step)}
@@ -141,12 +142,14 @@ def summarise(meta: ProfileMeta, ranks: List[Dict[str, Any]]) -> Dict[str, Any]:
     total_t = sum(step[it] for it in measured)
     n = len(measured)
     s["step_time_s"] = _stats([step[it] for it in measured])
-    s["tokens_per_s"] = tokens_per_step * n / total_t
-    s["tokens_per_s_per_gpu"] = s["tokens_per_s"] / meta.world_size
-    s["tflops_per_gpu"] = meta.model_flops_per_iteration * n / total_t / meta.world_size / 1e12
-    s["hw_tflops_per_gpu"] = meta.hardware_flops_per_iteration * n / total_t / meta.world_size / 1e12
-    s["mfu"] = s["tflops_per_gpu"] / meta.peak_tflops if meta.peak_tflops else None
-    s["hfu"] = s["hw_tflops_per_gpu"] / meta.peak_tflops if meta.peak_tflops else None
+    model = throughput(meta.model_flops_per_iteration * n, tokens_per_step * n, total_t, meta.world_size,
+                       meta.peak_tflops)
+    hw = throughput(meta.hardware_flops_per_iteration * n, tokens_per_step * n, total_t, meta.world_size,
+                    meta.peak_tflops)
+    s["tokens_per_s"] = model.tokens_per_s
+    s["tokens_per_s_per_gpu"] = model.tokens_per_s / meta.world_size
+    s["tflops_per_gpu"], s["mfu"] = model.tflops_per_gpu, model.mfu
+    s["hw_tflops_per_gpu"], s["hfu"] = hw.tflops_per_gpu, hw.mfu
     s["mem_max_allocated_gb"] = max((r.get("mem_max_allocated_gb") or 0.0) for r in ranks)
     s["mem_kind"] = ranks[0].get("mem_kind", "")
 

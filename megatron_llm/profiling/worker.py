@@ -1,4 +1,4 @@
-"""One profiling rank: `python -m megatron_llm.profiling.worker <profile flags>` (started by profiling/cli.py)."""
+"""One profiling rank: `python -m megatron_llm.profiling.worker <profile flags>` (started by cli/profile.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 def main(argv=None) -> int:
     from megatron_llm.profiling.callback import ProfilerCallback
-    from megatron_llm.profiling.cli import profile_config
+    from megatron_llm.profiling.options import profile_config
     from megatron_llm.training.pretrain import pretrain
 
     args, cfg, window = profile_config(sys.argv[1:] if argv is None else argv)

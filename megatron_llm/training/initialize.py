@@ -31,12 +31,6 @@ class DistInfo:
         return self.rank == self.world_size - 1
 
 
-def resolve_device(requested: str | None) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible; use --device cpu for a CPU run")
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def virtual_stages(cfg: RunConfig) -> int | None:
     vl = cfg.parallel.num_layers_per_virtual_pipeline_stage
     if vl is None:
@@ -49,6 +43,8 @@ def initialize(cfg: RunConfig) -> DistInfo:
     from megatron.core import parallel_state
     from megatron.core.num_microbatches_calculator import (destroy_num_microbatches_calculator,
                                                           init_num_microbatches_calculator)
+
+    from megatron_llm.parallel.device import resolve_device
 
     device = resolve_device(cfg.launch.device)
     rank = int(os.environ.get("RANK", "0"))
@@ -81,7 +77,7 @@ def initialize(cfg: RunConfig) -> DistInfo:
         create_gloo_process_groups=device == "cpu" or cfg.parallel.use_distributed_optimizer,
     )
     dp = parallel_state.get_data_parallel_world_size()
-    gbs = cfg.data.global_batch_size or cfg.data.micro_batch_size * dp
+    gbs = cfg.global_batch_size(dp)
     destroy_num_microbatches_calculator()
     init_num_microbatches_calculator(rank, None, gbs, cfg.data.micro_batch_size, dp)
     set_seed(cfg.train.seed, cfg.train.deterministic, device)

@@ -1,6 +1,6 @@
 """Per-iteration metrics: Megatron-style iteration lines, metrics.jsonl and tensorboard scalars (logging rank).
 
-FLOPs are model FLOPs by megatron_llm.profiling.flops (full attention counted; DESIGN.md section 4), MFU is
+FLOPs are model FLOPs by megatron_llm.perf.flops (full attention counted; DESIGN.md section 4), MFU is
 against the device's dense peak for the training dtype, and is left empty (None) where no peak is known —
 on CPU, or an unknown GPU without --gpu-peak-tflops — rather than guessed.
 """
@@ -16,7 +16,10 @@ from typing import Any, Dict, Optional
 import torch
 
 from megatron_llm.config.training import RunConfig
-from megatron_llm.profiling.flops import flops_per_iteration
+from megatron_llm.perf.flops import flops_per_iteration
+from megatron_llm.perf.peaks import resolve_peak
+from megatron_llm.perf.peaks import training_dtype as peak_dtype
+from megatron_llm.perf.throughput import host_rss_gb, throughput
 
 METRIC_TAGS = {  # metrics.jsonl key -> tensorboard tag
     "lm_loss": "lm loss",
@@ -32,15 +35,11 @@ METRIC_TAGS = {  # metrics.jsonl key -> tensorboard tag
 
 
 def training_dtype(cfg: RunConfig) -> str:
-    from megatron_llm.profiling.peaks import training_dtype as peak_dtype
-
-    return peak_dtype(cfg.optim.bf16, cfg.optim.fp16)
+    return peak_dtype(cfg.optim.bf16, cfg.optim.fp16, allow_tf32=torch.backends.cuda.matmul.allow_tf32)
 
 
 def peak_tflops(cfg: RunConfig, device: str) -> Optional[float]:
     """Dense peak TFLOP/s per device for MFU, or None when it is not known (CPU, unknown GPU)."""
-    from megatron_llm.profiling.peaks import resolve_peak
-
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     return resolve_peak(device, name, training_dtype(cfg), cfg.logging.gpu_peak_tflops).tflops
 
@@ -50,7 +49,7 @@ class MetricsLogger:
         self.cfg = cfg
         self.world_size = info.world_size
         self.device = info.device
-        gbs = cfg.data.global_batch_size or cfg.data.micro_batch_size * info.dp
+        gbs = cfg.global_batch_size(info.dp)
         self.global_batch_size = gbs
         self.flops_per_iteration = flops_per_iteration(cfg.model, cfg.data.seq_length, vocab_size, gbs)
         self.peak = peak_tflops(cfg, info.device)
@@ -72,18 +71,17 @@ class MetricsLogger:
                       f"model FLOPs/iteration {self.flops_per_iteration:.4e} (full attention counted)")
 
     def log_iteration(self, iteration: int, m: Dict[str, Any], consumed: int) -> Dict[str, Any]:
-        t = m["iteration_time_s"]
-        tokens = self.global_batch_size * self.cfg.data.seq_length
-        tflops = self.flops_per_iteration / t / self.world_size / 1e12
+        tp = throughput(self.flops_per_iteration, self.global_batch_size * self.cfg.data.seq_length,
+                        m["iteration_time_s"], self.world_size, self.peak)
         m = dict(m)
         m.update(
             iteration=iteration,
             consumed_samples=consumed,
-            tokens_per_s=tokens / t,
+            tokens_per_s=tp.tokens_per_s,
             flops_per_iteration=self.flops_per_iteration,
-            tflops=tflops,
-            mfu=(tflops / self.peak) if self.peak else None,
-            mem_gb=(torch.cuda.max_memory_allocated() / 2 ** 30) if self.device == "cuda" else _host_rss_gb(),
+            tflops=tp.tflops_per_gpu,
+            mfu=tp.mfu,
+            mem_gb=(torch.cuda.max_memory_allocated() / 2 ** 30) if self.device == "cuda" else host_rss_gb(),
         )
         self.skipped += int(bool(m.get("skipped")))
         if iteration % self.cfg.train.log_interval == 0 or iteration == self.cfg.train.train_iters:
@@ -132,8 +130,3 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.close()
 
-
-def _host_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # ru_maxrss is KiB on Linux

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_llm.config.training import RunConfig
+from megatron_llm.exit_codes import EXIT_CODE_NAN, EXIT_CODE_REQUEUE
 from megatron_llm.training.callbacks import TrainCallback, TrainContext
 
 
@@ -288,7 +289,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             if logger is not None:
                 logger.error(f"iteration {iteration}: lm loss is {loss}; stopping without saving "
                              f"(check --lr, the data, and that --vocab-size matches the tokenizer)")
-            exit_code = signals.EXIT_CODE_NAN
+            exit_code = EXIT_CODE_NAN
         do_eval = cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
                                                or iteration == cfg.train.train_iters)
         if do_eval:
@@ -310,7 +311,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
         if stop_signal:
             if logger is not None:
                 logger.info(f"received {handler.signal_name}: saved iteration {iteration}, exiting for requeue")
-            exit_code = signals.EXIT_CODE_REQUEUE
+            exit_code = EXIT_CODE_REQUEUE
             break
         if exit_now:
             break

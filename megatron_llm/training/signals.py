@@ -11,10 +11,6 @@ import signal
 import time
 from typing import Optional, Tuple
 
-# Exit statuses a launcher or batch script can act on.
-EXIT_CODE_REQUEUE = 75  # EX_TEMPFAIL: a checkpoint was saved on SIGUSR1/SIGTERM; requeue and resume from it
-EXIT_CODE_NAN = 3  # the loss became NaN/Inf; nothing saved after it (resume from the last good checkpoint)
-
 HANDLED = (signal.SIGUSR1, signal.SIGTERM)
 # One event often arrives twice: Slurm signals every process of a job step, and a launcher in the step (torchrun)
 # relays the same signal to its workers. Repeats this close to the first are that echo, not a user insisting.

@@ -108,7 +108,7 @@ def test_vocab_smaller_than_tokenizer_is_refused(data, tmp_path):
 
 def test_sigusr1_saves_and_exits_for_requeue(data, tmp_path):
     """SIGUSR1 to the launcher reaches every rank; they agree on an iteration, save it, and exit 75."""
-    from megatron_llm.training.signals import EXIT_CODE_REQUEUE
+    from megatron_llm.exit_codes import EXIT_CODE_REQUEUE
 
     ckpt = tmp_path / "ckpt"
     args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", "cpu", "--nproc-per-node", "2",

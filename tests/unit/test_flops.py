@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from megatron_llm.config.model import ModelConfig
-from megatron_llm.profiling import flops
+from megatron_llm.perf import flops
 
 
 def mm(m, k, n):

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests" / "distributed"))
 
 from trainrun import MODEL, VOCAB  # noqa: E402
 
-from megatron_llm.training.signals import EXIT_CODE_REQUEUE  # noqa: E402
+from megatron_llm.exit_codes import EXIT_CODE_REQUEUE  # noqa: E402
 
 
 def _catches(pid: int, sig: int) -> bool:

@@ -166,4 +166,4 @@ def describe_convention(attention: str = "full") -> str:
     att = ("full s x s attention counted (Megatron-LM paper convention)" if attention == "full"
            else "causal attention halved (Megatron-LM logging since core 0.15)")
     return (f"model FLOPs = 3 x forward matmul FLOPs (backward = 2 x forward), {att}; "
-            f"hardware FLOPs add activation recomputation; see megatron_llm/profiling/flops.py")
+            f"hardware FLOPs add activation recomputation; see megatron_llm/perf/flops.py")

@@ -1,7 +1,9 @@
 """`megatron-llm` entry point: one verb per job.
 
 Each verb lives in its own module exposing ``main(argv) -> int``; the module is imported only when its verb is
-used, so `megatron-llm preprocess` never imports torch's distributed stack and `submit` never imports the model.
+used, so `megatron-llm preprocess` never imports torch's distributed stack and `submit` and `jobs` never import
+torch at all. The verbs that cross layers (train and profile: parse, check inputs, spawn ranks) live here, on top;
+a verb that belongs to one layer lives in it (data/preprocess_cli.py, launch/submit_cli.py).
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import importlib
 import sys
 
 VERBS = {
-    "train": ("megatron_llm.training.cli", "pretrain a model (spawns --nproc-per-node workers)"),
+    "train": ("megatron_llm.cli.train", "pretrain a model (spawns --nproc-per-node workers)"),
     "preprocess": ("megatron_llm.data.preprocess_cli", "turn a corpus into .bin/.idx indexed datasets"),
     "tokenizer": ("megatron_llm.data.tokenizer_cli", "train a SentencePiece tokenizer / report tokenizer stats"),
-    "profile": ("megatron_llm.profiling.cli", "measure throughput, MFU and GPU telemetry of a training config"),
+    "profile": ("megatron_llm.cli.profile", "measure throughput, MFU and GPU telemetry of a training config"),
     "submit": ("megatron_llm.launch.submit_cli", "write and submit a Slurm batch job for a training run"),
     "jobs": ("megatron_llm.launch.jobs_cli", "list this user's Slurm runs and their state"),
 }
@@ -38,5 +40,3 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.main(rest) or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -219,19 +219,13 @@ def peak_tflops_for_device(device_name: str, dtype: str) -> Optional[float]:
     return lookup_peak(device_name, dtype).tflops
 
 
-def training_dtype(bf16: bool, fp16: bool, fp8: bool = False) -> str:
-    """The dtype whose peak applies to a run. fp32 training uses TF32 tensor cores only when PyTorch allows it."""
+def training_dtype(bf16: bool, fp16: bool, fp8: bool = False, allow_tf32: bool = False) -> str:
+    """The dtype whose peak applies to a run. fp32 training runs on TF32 tensor cores only when PyTorch allows
+    it (``torch.backends.cuda.matmul.allow_tf32``, passed in by the caller: this module does not import torch)."""
     if fp8:
         return "fp8"
     if bf16:
         return "bf16"
     if fp16:
         return "fp16"
-    try:
-        import torch
-
-        if torch.backends.cuda.matmul.allow_tf32:
-            return "tf32"
-    except Exception:  # pragma: no cover - torch is always there in this project
-        pass
-    return "fp32"
+    return "tf32" if allow_tf32 else "fp32"

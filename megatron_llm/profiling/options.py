@@ -1,16 +1,9 @@
-"""`megatron-llm profile <train flags> [--warmup-iters N] [--profile-iters M] [--report-dir D] [--trace-iters A:B]`
-
-Runs the training configuration given by the usual `train` flags for N warm-up + M measured iterations (no
-evaluation, no checkpoint saving) with the ProfilerCallback on every rank, and writes D/report.md with
-throughput, MFU/HFU, the per-step time breakdown, GPU telemetry and (with --trace-iters) a torch.profiler trace.
-"""
+"""Flags of `megatron-llm profile` beyond the train flags, and the run configuration a profile uses."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from typing import List, Optional
+from typing import List
 
 PROG = "megatron-llm profile"
 
@@ -32,9 +25,9 @@ def add_profile_args(parser: argparse.ArgumentParser) -> None:
 
 
 def profile_config(argv: List[str]):
-    """(args, cfg, trace_window): the run configuration with the profile's overrides; ConfigError if invalid."""
-    from megatron_llm.config.arguments import ConfigError, build_config, parse_run_args, validate
-    from megatron_llm.launch.local import launched_externally
+    """(args, cfg, trace_window): the run configuration with the profile's overrides; ConfigError if invalid.
+    cfg is None for --list-recipes."""
+    from megatron_llm.config.arguments import ConfigError, build_config, parse_run_args
     from megatron_llm.profiling.trace import parse_window
 
     args, values = parse_run_args(argv, prog=PROG, extra=add_profile_args)
@@ -57,42 +50,4 @@ def profile_config(argv: List[str]):
     if window and window[1] > cfg.train.train_iters:
         raise ConfigError(f"--trace-iters {args.trace_iters} ends after the last iteration "
                           f"({cfg.train.train_iters} = --warmup-iters + --profile-iters)")
-    world = int(os.environ["WORLD_SIZE"]) if launched_externally() else cfg.launch.nproc_per_node
-    validate(cfg, world)
     return args, cfg, window
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    from megatron_llm.config.arguments import ConfigError, list_recipes
-    from megatron_llm.launch.local import launched_externally, run_workers
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args, cfg, _ = profile_config(argv)
-    except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    if cfg is None:
-        print("\n".join(list_recipes()))
-        return 0
-    if launched_externally():  # torchrun / srun made this process one rank
-        from megatron_llm.profiling import worker
-
-        return worker.main(argv)
-    device = cfg.launch.device or ("cuda" if _cuda_available() else "cpu")
-    code = run_workers("megatron_llm.profiling.worker", argv, cfg.launch.nproc_per_node, cfg.launch.master_addr,
-                       cfg.launch.master_port, cpu=device == "cpu")
-    report = os.path.join(args.report_dir, "report.md")
-    if code == 0 and os.path.exists(report):
-        print(f"[megatron-llm profile] report: {os.path.abspath(report)}", flush=True)
-    return code
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

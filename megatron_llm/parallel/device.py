@@ -1,0 +1,13 @@
+"""Which device a run uses: --device, or CUDA when a GPU is visible."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+def resolve_device(requested: Optional[str]) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible; use --device cpu for a CPU run")
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
