@@ -25,8 +25,10 @@ def data(tmp_path_factory):
 
 
 def test_metrics_and_tensorboard(data, tmp_path):
+    t0 = time.monotonic()
     proc = train(tmp_path, data, 2, ["--pipeline-model-parallel-size", "2", "--eval-interval", "2",
                                      "--eval-iters", "1"], iters=4)
+    wall = time.monotonic() - t0
     check(proc)
     records = [json.loads(l) for l in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in records if "lm_loss" in r]
@@ -34,11 +36,16 @@ def test_metrics_and_tensorboard(data, tmp_path):
     for r in train_recs:
         assert JSONL_KEYS <= set(r)
         assert r["mfu"] is None  # CPU: no peak, no invented MFU
-        assert r["tokens_per_s"] > 0 and r["tflops"] > 0
     # model FLOPs of the global batch by DESIGN.md section 4's formula, computed here by hand
     L, h, kv, f, s, V, B = 4, 64, 32, 128, 64, VOCAB, 8
     per_token = 3 * (L * (2 * h * (h + 2 * kv) + 2 * h * h + 6 * h * f + 4 * s * h) + 2 * h * V)
     assert train_recs[0]["flops_per_iteration"] == pytest.approx(per_token * s * B, rel=1e-12)
+    for r in train_recs:  # throughput is the global batch's tokens and FLOPs over the step time, per GPU for TFLOP/s
+        t = r["iteration_time_s"]
+        assert r["tokens_per_s"] == pytest.approx(B * s / t, rel=1e-9)
+        assert r["tflops"] == pytest.approx(per_token * s * B / t / 2 / 1e12, rel=1e-9)
+    # and the step times are real: together they fit inside the run's wall-clock time
+    assert 0 < sum(r["iteration_time_s"] for r in train_recs) < wall
     # --lr 1e-3 --min-lr 1e-4, 1 warm-up iteration, cosine over --train-iters 4; the lr logged at iteration k is the
     # one the scheduler set after step k: warm-up ends at 1e-3, then min + (max - min) * (1 + cos(pi * (k-1)/3)) / 2.
     import math

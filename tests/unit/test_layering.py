@@ -126,3 +126,19 @@ def test_perf_has_no_module_level_torch():
         names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in top if isinstance(n, ast.ImportFrom)}
         assert not any(n and n.split(".")[0] == "torch" for n in names), path
+
+
+def test_readme_layout_names_every_package():
+    import re
+
+    readme = (ROOT.parent / "README.md").read_text()
+    block = readme[readme.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    listed = set()
+    for line in block.split("tools/")[0].splitlines():  # "megatron_llm/  config/  ..." then "   perf/  ..."
+        words = [w for w in line.split() if w != "megatron_llm/"]
+        if words and re.fullmatch(r"[a-z_]+/", words[0]):
+            listed.add(words[0].rstrip("/"))
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert listed == packages, (listed ^ packages)
