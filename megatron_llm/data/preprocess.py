@@ -136,10 +136,12 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
         raise ValueError(f"txt mode {cfg.txt_mode!r}: use 'doc' or 'line'")
     inputs = expand_inputs(cfg.inputs)
     tokenizer = build_tokenizer(**_tokenizer_args(cfg))
-    if cfg.partitions > 1 and len(inputs) > 1:
-        from megatron_llm.data.partitions import run_partitioned
+    if cfg.partitions > 1:
+        from megatron_llm.data.partitions import run_partitioned, split_units
 
-        return run_partitioned(cfg, inputs, tokenizer)
+        units = split_units(inputs, cfg.partitions, cfg.txt_mode)
+        if len(units) > 1:
+            return run_partitioned(cfg, units, tokenizer)
     return run_files(cfg, inputs, tokenizer, cfg.output_prefix)
 
 

@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1,
                    help="tokenizer processes (0: tokenise in the reading process). A good value: CPU cores - 1")
     g.add_argument("--partitions", type=int, default=1,
-                   help="split the input files into this many groups processed concurrently, then merged "
-                        "(helps when reading/decompressing is the bottleneck; --workers is shared among them)")
+                   help="split the inputs into this many parts processed concurrently, then merged in document "
+                        "order (byte-identical to --partitions 1); with fewer files than parts, uncompressed .jsonl "
+                        "(and --txt-per-line .txt) files are cut at line boundaries; --workers is shared among them")
     g.add_argument("--log-interval", type=int, default=1000,
                    help="documents between progress lines when stderr is not a terminal")
     g.add_argument("--strict", action="store_true", help="exit non-zero if any input record was bad")
