@@ -90,6 +90,8 @@ def run_partitioned(cfg, inputs: List[InputFile], tokenizer):
         for i in range(len(groups)):
             s = results[i]
             total.documents += s.documents
+            total.sequences += s.sequences
+            total.splitter = s.splitter
             total.records += s.records
             total.tokens += s.tokens
             total.text_bytes += s.text_bytes
