@@ -72,8 +72,9 @@ class IndexedWriter:
         self.document_count += len(ends)
         self.token_count += int(tokens.size)
 
-    def add_dataset(self, prefix: str) -> None:
-        """Append a whole existing dataset (documents may span several sequences) without re-tokenising."""
+    def add_dataset(self, prefix: str, progress=None) -> None:
+        """Append a whole existing dataset (documents may span several sequences) without re-tokenising.
+        ``progress(bin_bytes, documents, tokens)`` is called as the .bin is copied (increments)."""
         from megatron_llm.data.indexed_check import verify_indexed_dataset
 
         header = verify_indexed_dataset(prefix)
@@ -91,7 +92,15 @@ class IndexedWriter:
         for i in range(1, d, _CHUNK):
             self._docs.write(memoryview(docs[i:i + _CHUNK] + self.sequence_count).cast("B"))
         with open(fmt.bin_path(prefix), "rb") as src:
-            shutil.copyfileobj(src, self._bin, 16 << 20)
+            while True:
+                block = src.read(16 << 20)
+                if not block:
+                    break
+                self._bin.write(block)
+                if progress is not None:
+                    progress(len(block), 0, len(block) // self.dtype.itemsize)
+        if progress is not None:
+            progress(0, max(d - 1, 0), 0)
         self.token_count += int(os.path.getsize(fmt.bin_path(prefix)) // self.dtype.itemsize)
         self.sequence_count += n
         self.document_count += max(d - 1, 0)
