@@ -84,8 +84,8 @@ def _nltk_splitter(lang: str, keep_newlines: bool):
         url = f"nltk:tokenizers/punkt/{lang}.pickle"
     try:
         splitter = nltk.load(url)
-    except (LookupError, OSError, ValueError) as exc:
-        return None, f"nltk's punkt data for {lang!r} is not installed ({type(exc).__name__})"
+    except Exception as exc:  # LookupError when absent; newer nltk may refuse pickles: fall back, say why
+        return None, f"nltk's punkt data for {lang!r} is not loadable ({type(exc).__name__})"
     if keep_newlines:
         class CustomLanguageVars(PunktLanguageVars):  # Megatron-LM's: keep the newline after a sentence
             _period_context_fmt = r"""
