@@ -4,7 +4,8 @@
 Runs, in one go and on the same corpus + tokenizer (--append-eod, one json key), interleaved --repeat times:
   baseline   a plain single-process loop: json.loads -> sentencepiece encode_as_ids -> megatron-core
              IndexedDatasetBuilder (what a straightforward script does)
-  ours w=N   tools/preprocess_data.py (this repo) with N worker processes (--workers, default 1 2)
+  ours w=N   tools/preprocess_data.py (this repo) with N worker processes (--workers, default 1 2), and once
+             with --partitions 2 (the one corpus file cut in two, processed in parallel, merged)
   megatron-lm w=N  Megatron-LM's tools/preprocess_data.py (--megatron-lm DIR: a checkout of its tools/ and
              megatron/, e.g. tag core_v0.16.1 to match the installed megatron-core), tokenizer
              GPTSentencePieceTokenizer (eod = </s>, as ours)
@@ -196,6 +197,13 @@ def main() -> int:
         runs.append((f"ours --workers {w}", [py, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", corpus,
                      "--output-prefix", pre, "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model,
                      "--append-eod", "--workers", str(w), "--quiet"], None, pre + "_text_document"))
+    if max(args.workers) > 1:  # one file cut into parts, processed in parallel, merged: must match byte for byte
+        w = max(args.workers)
+        pre = os.path.join(args.workdir, "ours_partitions")
+        runs.append((f"ours --workers {w} --partitions 2 (merged parts)", [
+            py, os.path.join(REPO, "tools", "preprocess_data.py"), "--input", corpus, "--output-prefix", pre,
+            "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model, "--append-eod", "--workers",
+            str(w), "--partitions", "2", "--quiet"], None, pre + "_text_document"))
     if args.megatron_lm:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (args.megatron_lm, args.megatron_lm_pythonpath)
                                                           if p))
