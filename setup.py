@@ -18,6 +18,7 @@ setup(
         "nvidia-ml-py",
         "tqdm",
         "zstandard",
+        "orjson",  # preprocessing: ~5x faster JSON-lines decoding than json.loads
         "pyarrow",
         "psutil",  # megatron-core dist_checkpointing writer processes
         "matplotlib",  # profiler report plots

@@ -31,7 +31,10 @@ class InputFile:
     path: str
     format: str  # "jsonl" | "txt" | "parquet"
     compression: Optional[str]  # None | "zst" | "gz"
-    size: int  # bytes on disk (progress and ETA are measured in these)
+    size: int  # bytes on disk (progress and ETA are measured in these); of the range when ``end`` is set
+    start: int = 0  # a byte range of the file (--partitions cutting one big file): whole lines from ``start``
+    end: Optional[int] = None  # ... up to ``end`` (exclusive); None = to the end of the file
+    first_line: int = 1  # line number of the line at ``start``, for messages
 
 
 @dataclass
@@ -169,7 +172,60 @@ def iter_chunks(inputs: List[InputFile], json_keys: List[str], txt_mode: str = "
 
 
 def _open(inp: InputFile):
-    return open(inp.path, "rb")
+    f = open(inp.path, "rb")
+    if inp.start:
+        f.seek(inp.start)
+    return f
+
+
+def _range_blocks(f, nbytes: int) -> Iterator[bytes]:
+    while nbytes > 0:
+        b = f.read(min(_READ_BLOCK, nbytes))
+        if not b:
+            return
+        nbytes -= len(b)
+        yield b
+
+
+def splittable(inp: InputFile) -> bool:
+    """Whether a file can be cut into byte ranges of whole lines: uncompressed JSON lines (or .txt read per line)."""
+    return inp.compression is None and inp.format in ("jsonl", "txt")
+
+
+def split_file(inp: InputFile, parts: int) -> List[InputFile]:
+    """Cut a splittable file into up to ``parts`` contiguous ranges of whole lines, of about equal size, in order.
+    Each range starts right after a newline; one streaming pass counts lines so messages keep file line numbers."""
+    if parts <= 1 or inp.size <= 0:
+        return [inp]
+    bounds = [0]
+    with open(inp.path, "rb") as f:
+        for k in range(1, parts):
+            target = max(inp.size * k // parts, bounds[-1])
+            f.seek(target)
+            pos = target
+            while True:  # the first line start at or after the target
+                b = f.read(1 << 16)
+                if not b:
+                    pos = inp.size
+                    break
+                i = b.find(b"\n")
+                if i >= 0:
+                    pos += i + 1
+                    break
+                pos += len(b)
+            if bounds[-1] < pos < inp.size:
+                bounds.append(pos)
+        bounds.append(inp.size)
+        lines = [1]
+        f.seek(0)
+        at, count = 0, 0
+        for end in bounds[1:-1]:
+            for b in _range_blocks(f, end - at):
+                count += b.count(b"\n")
+            at = end
+            lines.append(count + 1)
+    return [InputFile(inp.path, inp.format, inp.compression, hi - lo, lo, hi, ln)
+            for lo, hi, ln in zip(bounds[:-1], bounds[1:], lines)]
 
 
 def _unreadable(inp: InputFile, exc: BaseException) -> Chunk:
@@ -184,8 +240,11 @@ def _line_chunks(inp: InputFile, kind: str, chunk_bytes: int) -> Iterator[Chunk]
         yield _unreadable(inp, exc)
         return
     with f:
-        blocks = {"zst": _zst_blocks, "gz": _gz_blocks}.get(inp.compression, _raw_blocks)(f)
-        line_no = 1
+        if inp.end is not None:
+            blocks = _range_blocks(f, inp.end - inp.start)
+        else:
+            blocks = {"zst": _zst_blocks, "gz": _gz_blocks}.get(inp.compression, _raw_blocks)(f)
+        line_no = inp.first_line
         tail = b""
         items: List[bytes] = []
         size = 0
@@ -197,7 +256,7 @@ def _line_chunks(inp: InputFile, kind: str, chunk_bytes: int) -> Iterator[Chunk]
                 items.extend(lines)
                 size += len(block)
                 if size >= chunk_bytes:
-                    pos = f.tell()
+                    pos = f.tell() - inp.start
                     yield Chunk(inp.path, kind, line_no, items, pos - reported)
                     reported = pos
                     line_no += len(items)

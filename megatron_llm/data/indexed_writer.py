@@ -52,22 +52,29 @@ class IndexedWriter:
         self._closed = False
 
     # -- appending ----------------------------------------------------------------------------------------------
-    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        """Append documents that are one sequence each: ``tokens`` back to back, ``lengths`` per document."""
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray, doc_sequences=None) -> None:
+        """Append documents: ``tokens`` back to back, ``lengths`` per sequence. A document is one sequence, or
+        ``doc_sequences[i]`` sequences (sentences, --split-sentences)."""
         if len(lengths) == 0:
             return
         tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
         lengths = np.ascontiguousarray(lengths, dtype=np.int32)
         self._bin.write(memoryview(tokens).cast("B"))
         self._lengths.write(memoryview(lengths).cast("B"))
-        ends = np.arange(self.sequence_count + 1, self.sequence_count + len(lengths) + 1, dtype=np.int64)
+        if doc_sequences is None:
+            ends = np.arange(self.sequence_count + 1, self.sequence_count + len(lengths) + 1, dtype=np.int64)
+        else:
+            ends = self.sequence_count + np.cumsum(np.asarray(doc_sequences, dtype=np.int64))
+            if len(ends) == 0 or ends[-1] != self.sequence_count + len(lengths):
+                raise ValueError("doc_sequences must add up to the number of sequences")
         self._docs.write(memoryview(ends).cast("B"))
         self.sequence_count += len(lengths)
-        self.document_count += len(lengths)
+        self.document_count += len(ends)
         self.token_count += int(tokens.size)
 
-    def add_dataset(self, prefix: str) -> None:
-        """Append a whole existing dataset (documents may span several sequences) without re-tokenising."""
+    def add_dataset(self, prefix: str, progress=None) -> None:
+        """Append a whole existing dataset (documents may span several sequences) without re-tokenising.
+        ``progress(bin_bytes, documents, tokens)`` is called as the .bin is copied (increments)."""
         from megatron_llm.data.indexed_check import verify_indexed_dataset
 
         header = verify_indexed_dataset(prefix)
@@ -85,7 +92,15 @@ class IndexedWriter:
         for i in range(1, d, _CHUNK):
             self._docs.write(memoryview(docs[i:i + _CHUNK] + self.sequence_count).cast("B"))
         with open(fmt.bin_path(prefix), "rb") as src:
-            shutil.copyfileobj(src, self._bin, 16 << 20)
+            while True:
+                block = src.read(16 << 20)
+                if not block:
+                    break
+                self._bin.write(block)
+                if progress is not None:
+                    progress(len(block), 0, len(block) // self.dtype.itemsize)
+        if progress is not None:
+            progress(0, max(d - 1, 0), 0)
         self.token_count += int(os.path.getsize(fmt.bin_path(prefix)) // self.dtype.itemsize)
         self.sequence_count += n
         self.document_count += max(d - 1, 0)

@@ -1,6 +1,8 @@
-"""--partitions N: the input files are cut into N contiguous groups of about equal size, each group is preprocessed
-by its own process tree (reading and decompression then run in parallel, not only tokenisation), and the shards are
-merged in order, so the result is byte-identical to an unpartitioned run."""
+"""--partitions N: the inputs are cut into N contiguous groups of about equal size, each group is preprocessed by its
+own process tree (reading and decompression then run in parallel, not only tokenisation), and the shards are merged
+in order, so the result is byte-identical to an unpartitioned run. With fewer files than partitions, uncompressed
+JSON-lines (and per-line .txt) files are first cut into byte ranges of whole lines (corpus.split_file), so one big
+file is processed in parallel too; document order is kept (Megatron-LM instead deals lines out round-robin)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,22 @@ import shutil
 from dataclasses import replace
 from typing import List
 
-from megatron_llm.data.corpus import InputFile
+from megatron_llm.data.corpus import InputFile, split_file, splittable
 from megatron_llm.data.merge import merge_datasets
+
+
+def split_units(inputs: List[InputFile], n: int, txt_mode: str) -> List[InputFile]:
+    """The inputs, with big splittable files cut into ranges so that there are about ``n`` units of work (a file
+    gets a share of the ``n`` parts proportional to its size)."""
+    if len(inputs) >= n:
+        return inputs
+    total = sum(max(i.size, 1) for i in inputs)
+    out: List[InputFile] = []
+    for inp in inputs:
+        ok = splittable(inp) and (inp.format == "jsonl" or txt_mode == "line")
+        parts = max(1, round(n * max(inp.size, 1) / total)) if ok else 1
+        out.extend(split_file(inp, parts))
+    return out
 
 
 def split_groups(inputs: List[InputFile], n: int) -> List[List[InputFile]]:
@@ -74,6 +90,8 @@ def run_partitioned(cfg, inputs: List[InputFile], tokenizer):
         for i in range(len(groups)):
             s = results[i]
             total.documents += s.documents
+            total.sequences += s.sequences
+            total.splitter = s.splitter
             total.records += s.records
             total.tokens += s.tokens
             total.text_bytes += s.text_bytes

@@ -19,7 +19,8 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from megatron_llm.data.corpus import InputFile, expand_inputs, iter_chunks
-from megatron_llm.data.encode import EncodeConfig, Encoded, Problems, encode_chunk, encode_in_worker, init_worker
+from megatron_llm.data.encode import (EncodeConfig, Encoded, Problems, build_sentence_splitter, encode_chunk,
+                                     encode_in_worker, init_worker)
 from megatron_llm.data.indexed_writer import IndexedWriter
 from megatron_llm.data.progress import Progress
 from megatron_llm.data.tokenizers import build_tokenizer, token_dtype
@@ -42,6 +43,9 @@ class PreprocessConfig:
     chunk_bytes: int = 1 << 20
     progress: Optional[bool] = None  # None: a tqdm bar on a terminal, log lines otherwise
     quiet: bool = False
+    split_sentences: bool = False  # one sequence per sentence (data/sentences.py says which splitter runs)
+    lang: str = "english"  # punkt language for --split-sentences
+    keep_newlines: bool = False  # --split-sentences: keep the newline that ends a sentence
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Summary:
     seconds: float = 0.0
     problems: Problems = field(default_factory=Problems)
     outputs: List[str] = field(default_factory=list)
+    sequences: int = 0
+    splitter: str = ""  # --split-sentences: which sentence splitter ran
 
     @property
     def tokens_per_s(self) -> float:
@@ -70,6 +76,8 @@ class Summary:
             f"throughput {self.documents / max(self.seconds, 1e-9):,.0f} docs/s   {self.mb_per_s:,.1f} MB/s   "
             f"{self.tokens_per_s:,.0f} tokens/s",
         ]
+        if self.splitter:
+            lines.append(f"sentences: {self.sequences:,} sequences, split by {self.splitter}")
         if self.problems.total:
             lines.append(f"bad records: {self.problems.total:,}")
             for kind, n in sorted(self.problems.counts.items()):
@@ -90,11 +98,11 @@ def _tokenizer_args(cfg: PreprocessConfig) -> dict:
             "vocab_size": cfg.vocab_size}
 
 
-def _results(cfg: PreprocessConfig, enc_cfg: EncodeConfig, tokenizer, chunks) -> Iterator[Encoded]:
+def _results(cfg: PreprocessConfig, enc_cfg: EncodeConfig, tokenizer, chunks, splitter=None) -> Iterator[Encoded]:
     """Encoded chunks in input order, with a bounded number in flight."""
     if cfg.workers <= 0:
         for ch in chunks:
-            yield encode_chunk(ch, enc_cfg, tokenizer)
+            yield encode_chunk(ch, enc_cfg, tokenizer, splitter)
         return
     # fork: workers start in milliseconds and inherit imports; the tokenizer is rebuilt in each by the initializer
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -136,19 +144,23 @@ def run_preprocess(cfg: PreprocessConfig) -> Summary:
         raise ValueError(f"txt mode {cfg.txt_mode!r}: use 'doc' or 'line'")
     inputs = expand_inputs(cfg.inputs)
     tokenizer = build_tokenizer(**_tokenizer_args(cfg))
-    if cfg.partitions > 1 and len(inputs) > 1:
-        from megatron_llm.data.partitions import run_partitioned
+    if cfg.partitions > 1:
+        from megatron_llm.data.partitions import run_partitioned, split_units
 
-        return run_partitioned(cfg, inputs, tokenizer)
+        units = split_units(inputs, cfg.partitions, cfg.txt_mode)
+        if len(units) > 1:
+            return run_partitioned(cfg, units, tokenizer)
     return run_files(cfg, inputs, tokenizer, cfg.output_prefix)
 
 
 def run_files(cfg: PreprocessConfig, inputs: List[InputFile], tokenizer, prefix: str,
               position: int = 0) -> Summary:
     dtype = token_dtype(tokenizer.vocab_size)
-    enc_cfg = EncodeConfig(tuple(cfg.json_keys), cfg.append_eod, np.dtype(dtype).name)
+    enc_cfg = EncodeConfig(tuple(cfg.json_keys), cfg.append_eod, np.dtype(dtype).name, cfg.split_sentences,
+                           cfg.lang, cfg.keep_newlines)
+    splitter, summary_splitter = build_sentence_splitter(enc_cfg)
     total = sum(i.size for i in inputs)
-    summary = Summary()
+    summary = Summary(splitter=summary_splitter)
     writers: Dict[str, IndexedWriter] = {}
     show_bar = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     progress = Progress(total, show_bar=show_bar and not cfg.quiet, log_interval=cfg.log_interval,
@@ -158,11 +170,13 @@ def run_files(cfg: PreprocessConfig, inputs: List[InputFile], tokenizer, prefix:
         for k in cfg.json_keys:
             writers[k] = IndexedWriter(output_prefix_for(prefix, k), dtype)
         chunks = iter_chunks(inputs, list(cfg.json_keys), cfg.txt_mode, cfg.chunk_bytes)
-        for res in _results(cfg, enc_cfg, tokenizer, chunks):
+        for res in _results(cfg, enc_cfg, tokenizer, chunks, splitter):
             docs = 0
             for k in cfg.json_keys:
-                writers[k].add_documents(res.tokens[k], res.lengths[k])
-                docs += len(res.lengths[k])
+                seqs = res.doc_sequences[k] if res.doc_sequences is not None else None
+                writers[k].add_documents(res.tokens[k], res.lengths[k], seqs)
+                docs += res.documents(k)
+                summary.sequences += len(res.lengths[k])
                 summary.tokens += int(res.tokens[k].size)
             summary.documents += docs
             summary.records += res.records

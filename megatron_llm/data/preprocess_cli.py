@@ -26,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer-model", default=None,
                    help="SentencePiece .model, or tokenizer.json (or its directory) for HuggingFaceTokenizer")
     g.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only: ids are < vocab size")
+    g.add_argument("--split-sentences", action="store_true",
+                   help="one sequence per sentence inside each document (NLTK punkt as Megatron-LM when nltk and "
+                        "its punkt data are installed, else a built-in English+Chinese splitter; the summary says "
+                        "which ran)")
+    g.add_argument("--keep-newlines", action="store_true",
+                   help="--split-sentences: keep the newline that ends a sentence")
+    g.add_argument("--lang", default="english", help="--split-sentences: punkt language (default: english)")
     g.add_argument("--append-eod", action="store_true", help="append the end-of-document token to every document")
     g = ap.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="path prefix of the outputs, without suffix")
@@ -33,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1,
                    help="tokenizer processes (0: tokenise in the reading process). A good value: CPU cores - 1")
     g.add_argument("--partitions", type=int, default=1,
-                   help="split the input files into this many groups processed concurrently, then merged "
-                        "(helps when reading/decompressing is the bottleneck; --workers is shared among them)")
+                   help="split the inputs into this many parts processed concurrently, then merged in document "
+                        "order (byte-identical to --partitions 1); with fewer files than parts, uncompressed .jsonl "
+                        "(and --txt-per-line .txt) files are cut at line boundaries; --workers is shared among them")
     g.add_argument("--log-interval", type=int, default=1000,
                    help="documents between progress lines when stderr is not a terminal")
     g.add_argument("--strict", action="store_true", help="exit non-zero if any input record was bad")
@@ -57,7 +65,8 @@ def main(argv: List[str]) -> int:
         tokenizer_model=args.tokenizer_model, vocab_size=args.vocab_size, json_keys=args.json_keys,
         append_eod=args.append_eod, workers=args.workers, partitions=args.partitions,
         log_interval=args.log_interval, strict=args.strict, txt_mode="line" if args.txt_per_line else "doc",
-        progress=False if args.no_progress_bar else None, quiet=args.quiet)
+        progress=False if args.no_progress_bar else None, quiet=args.quiet, split_sentences=args.split_sentences,
+        lang=args.lang, keep_newlines=args.keep_newlines)
     try:
         summary = run_preprocess(cfg)
     except (InputError, TokenizerError, ValueError, OSError) as exc:

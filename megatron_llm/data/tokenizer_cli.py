@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-byte-fallback", action="store_true", help="unseen characters become <unk>")
     t.add_argument("--num-threads", type=int, default=None)
     t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--log-interval", type=int, default=10000,
+                   help="documents between progress lines on stderr while reading (when it is not a terminal)")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
     s = sub.add_parser("stats", help="bytes/token, compression vs a reference, Chinese character coverage")
     _input_args(s)
     s.add_argument("--tokenizer-type", default="SentencePieceTokenizer", choices=TOKENIZER_TYPES)
@@ -56,7 +59,8 @@ def _train(args) -> int:
                       character_coverage=args.character_coverage, user_defined_symbols=args.user_defined_symbols,
                       input_sentence_size=args.input_sentence_size, normalization_rule_name=args.normalization,
                       split_digits=not args.no_split_digits, byte_fallback=not args.no_byte_fallback,
-                      seed=args.seed, max_documents=args.max_documents)
+                      seed=args.seed, max_documents=args.max_documents, progress=not args.quiet,
+                      log_interval=max(1, args.log_interval))
     if args.num_threads:
         cfg.num_threads = args.num_threads
     start = time.perf_counter()

@@ -1,6 +1,9 @@
 """Tokenizer quality on a corpus: bytes per token, compression against a reference tokenizer, and coverage of the
-three levels of the Table of General Standard Chinese Characters (a character counts as covered when it is a piece
-of its own - with or without the leading '▁' - rather than reached only through byte fallback or <unk>)."""
+three levels of the Table of General Standard Chinese Characters (a character counts as covered when the tokenizer
+encodes it, alone, to one token - not counting a lone SentencePiece word-start piece '▁' - that is not <unk>; byte
+fallback needs several tokens for a CJK character). Encoding, rather than looking the character up among the
+vocabulary strings, is what makes byte-level BPE vocabularies (GPT-2 style: Llama 3, Qwen, DeepSeek) count: they
+store pieces byte-mapped ('的' is 'çļĦ'), so a string lookup finds none of them."""
 
 from __future__ import annotations
 
@@ -38,25 +41,47 @@ class TokenizerStats:
                                  for k, v in self.tgh_covered.items()}}
 
 
-def single_piece_vocabulary(tokenizer) -> set:
-    """Strings that are one whole piece of the tokenizer (with '▁'/'Ġ' word markers removed)."""
-    pieces = set()
+WORD_START = "\u2581"  # SentencePiece's (and Metaspace pre-tokenizers') word-start marker
+
+
+def _piece_of(tokenizer):
+    """id -> piece string, or None when the tokenizer has no pieces (bytes, pre-tokenised ids)."""
     sp = getattr(tokenizer, "processor", None)
     if sp is not None:
-        for i in range(sp.get_piece_size()):
-            if sp.is_byte(i) or sp.is_unknown(i) or sp.is_control(i):
-                continue
-            pieces.add(sp.id_to_piece(i).lstrip("\u2581"))
-        return pieces
-    vocab = getattr(getattr(tokenizer, "_tok", None), "get_vocab", None)
-    if vocab is not None:
-        return {p.lstrip("\u2581Ġ") for p in vocab(with_added_tokens=True)}
-    return pieces
+        return sp.id_to_piece
+    hf = getattr(tokenizer, "_tok", None)
+    return hf.id_to_token if hf is not None else None
+
+
+def _unknown_ids(tokenizer) -> set:
+    sp = getattr(tokenizer, "processor", None)
+    if sp is not None:
+        return {int(sp.unk_id())} if sp.unk_id() >= 0 else set()
+    hf = getattr(tokenizer, "_tok", None)
+    unk = getattr(getattr(hf, "model", None), "unk_token", None) if hf is not None else None
+    uid = hf.token_to_id(unk) if isinstance(unk, str) else None
+    return {int(uid)} if uid is not None else set()
+
+
+def single_token_characters(tokenizer, chars: str) -> set:
+    """The characters of ``chars`` that encode, each on its own, to exactly one token (a lone '▁' before it
+    ignored) other than <unk>."""
+    piece = _piece_of(tokenizer)
+    if piece is None:
+        return set()
+    unknown = _unknown_ids(tokenizer)
+    out = set()
+    for ch, ids in zip(chars, tokenizer.tokenize_batch(list(chars))):
+        ids = [i for i in ids if piece(int(i)) != WORD_START]
+        if len(ids) == 1 and int(ids[0]) not in unknown:
+            out.add(ch)
+    return out
 
 
 def tgh_coverage(tokenizer) -> Dict[int, int]:
-    pieces = single_piece_vocabulary(tokenizer)
-    return {level: sum(ch in pieces for ch in chars) for level, chars in tgh_levels().items()}
+    levels = tgh_levels()
+    covered = single_token_characters(tokenizer, "".join(levels.values()))
+    return {level: sum(ch in covered for ch in chars) for level, chars in levels.items()}
 
 
 def corpus_stats(tokenizers: Dict[str, object], inputs: List[str], json_keys: List[str], txt_mode: str = "doc",
@@ -97,7 +122,7 @@ def corpus_stats(tokenizers: Dict[str, object], inputs: List[str], json_keys: Li
 def render(stats: Dict[str, TokenizerStats], reference: Optional[str]) -> str:
     lines = [f"{'tokenizer':<28} {'vocab':>8} {'tokens':>12} {'bytes/token':>12} {'chars/token':>12}"
              + (f" {'vs ' + reference:>14}" if reference else "")
-             + "   TGH level 1 / 2 / 3 single-piece coverage"]
+             + "   TGH level 1 / 2 / 3 single-token coverage"]
     ref = stats.get(reference) if reference else None
     for s in stats.values():
         rel = f" {ref.tokens / s.tokens:>13.3f}x" if ref and s.tokens else ""

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
 from megatron_llm.data.corpus import expand_inputs, iter_chunks
 from megatron_llm.data.encode import Problems, iter_texts
+from megatron_llm.data.progress import Progress
 
 
 @dataclass
@@ -35,23 +37,40 @@ class TrainConfig:
     num_threads: int = os.cpu_count() or 1
     seed: int = 1234
     max_documents: Optional[int] = None
+    progress: bool = False  # a progress line on stderr while the corpus is read (documents, sentences/s, ETA)
+    log_interval: int = 10000  # documents between progress lines when stderr is not a terminal
 
 
 def iter_sentences(cfg: TrainConfig, problems: Problems) -> Iterator[str]:
     """Training "sentences": the non-empty lines of every document, cut to max_sentence_length bytes (SentencePiece
     silently drops longer ones)."""
     inputs = expand_inputs(cfg.inputs)
-    docs = 0
+    docs = sentences = 0
     limit = cfg.max_sentence_length // 4  # characters; <= 4 UTF-8 bytes each
-    for chunk in iter_chunks(inputs, list(cfg.json_keys), cfg.txt_mode):
-        for _, _, text in iter_texts(chunk, tuple(cfg.json_keys), problems):
-            for line in text.split("\n"):
-                line = line.strip()
-                for i in range(0, len(line), limit):
-                    yield line[i:i + limit]
-            docs += 1
-            if cfg.max_documents and docs >= cfg.max_documents:
-                return
+    progress = None
+    if cfg.progress:
+        progress = Progress(sum(i.size for i in inputs), show_bar=sys.stderr.isatty(), log_interval=cfg.log_interval,
+                            desc="tokenizer train: reading", unit="sentences")
+    try:
+        for chunk in iter_chunks(inputs, list(cfg.json_keys), cfg.txt_mode):
+            chunk_docs = 0
+            for _, _, text in iter_texts(chunk, tuple(cfg.json_keys), problems):
+                for line in text.split("\n"):
+                    line = line.strip()
+                    for i in range(0, len(line), limit):
+                        sentences += 1
+                        yield line[i:i + limit]
+                docs += 1
+                chunk_docs += 1
+                if cfg.max_documents and docs >= cfg.max_documents:
+                    return
+            if progress is not None:
+                progress.update(chunk.disk_bytes, chunk_docs, sentences, docs)
+    finally:
+        if progress is not None:
+            progress.close()
+            print(f"tokenizer train: read {docs:,} documents, {sentences:,} sentences; training "
+                  f"(SentencePiece prints nothing until done)", file=sys.stderr, flush=True)
 
 
 def train_tokenizer(cfg: TrainConfig) -> Problems:
