@@ -182,6 +182,10 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(f"the interleaved schedule needs the number of micro-batches "
                           f"({gbs // (d.micro_batch_size * dp)}) to be a multiple of "
                           f"--pipeline-model-parallel-size {pp}; raise --global-batch-size")
+    if cfg.train.nan_policy == "rollback" and not cfg.checkpoint.save:
+        raise ConfigError("--nan-policy rollback needs --save (the checkpoints it rolls back to)")
+    if cfg.checkpoint.keep_last is not None and cfg.checkpoint.keep_last < 1:
+        raise ConfigError(f"--keep-last {cfg.checkpoint.keep_last}: keep at least 1 checkpoint")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
     if m.architecture not in ARCHITECTURES:
