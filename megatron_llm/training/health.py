@@ -32,6 +32,9 @@ import torch
 import torch.distributed as dist
 
 SLOW_RANK_ENV = "MEGATRON_LLM_TEST_SLOW_RANK"
+# A straggler is also this much slower than the median in absolute terms: on a loaded host (or tiny CPU steps)
+# a relative threshold alone names noise.
+MIN_EXCESS_S = 0.05
 HEADER = 4  # stop, save-due, mean compute time, mem GB; then (loss sum, token count) per iteration
 
 
@@ -165,7 +168,7 @@ class HealthMonitor:
         med = statistics.median(times)
         limit = med * (1.0 + self.cfg.train.straggler_threshold)
         return [f"rank {r} ({self.names[r]}): {t:.3f} s/step vs median {med:.3f} s"
-                for r, t in enumerate(times) if t > limit and t > 0]
+                for r, t in enumerate(times) if t > limit and t - med > MIN_EXCESS_S]
 
     def heartbeat(self, iteration: int, phase: str) -> None:
         if not self.hb_dir:

@@ -134,7 +134,7 @@ class MetricsLogger:
             self.jsonl.flush()
 
     def straggler(self, iteration: int, names) -> None:
-        self.error(f"iteration {iteration}: straggler(s) slower than the median step by more than "
+        self.info(f"WARNING: iteration {iteration}: straggler(s) slower than the median step by more than "
                    f"{100 * self.cfg.train.straggler_threshold:.0f}%: {'; '.join(names)}")
 
     def log_validation(self, iteration: int, val_loss: float) -> None:

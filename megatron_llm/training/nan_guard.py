@@ -130,6 +130,8 @@ def rollback(cfg, model, optimizer, scheduler):
 
     if not os.path.isdir(cfg.checkpoint.save) or latest_iteration(cfg.checkpoint.save) is None:
         return None
+    # megatron-core's scheduler load adds the saved step count to its own (right for a fresh one only)
+    scheduler.num_steps = 0
     ck = dataclasses.replace(cfg.checkpoint, load=cfg.checkpoint.save, no_load_optim=False, no_load_rng=False,
                              finetune=False)
     return checkpointing.load(dataclasses.replace(cfg, checkpoint=ck), model, optimizer, scheduler)
