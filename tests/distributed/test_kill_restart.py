@@ -42,12 +42,17 @@ def _start(run, data, log):
                             env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
-def _kill_when(proc, ckpt, inside_save: bool, at_s: float, rng) -> str:
-    """SIGKILL the whole process group: inside_save -> shortly after a save's iter_N.tmp appears, else at at_s."""
+def _kill_when(proc, ckpt, inside_save: int, at_s: float, rng) -> str:
+    """SIGKILL the whole process group: inside the inside_save-th save of this process (shortly after its
+    iter_N.tmp appears), or at at_s when inside_save is 0."""
     t0 = time.monotonic()
+    seen, was_saving = 0, False
     while proc.poll() is None:
         if inside_save:
-            if ckpt.is_dir() and any(n.endswith(".tmp") for n in os.listdir(ckpt)):
+            saving = ckpt.is_dir() and any(n.endswith(".tmp") for n in os.listdir(ckpt))
+            seen += int(saving and not was_saving)
+            was_saving = saving
+            if saving and seen == inside_save:
                 time.sleep(rng.uniform(0.0, 0.03))
                 break
         elif time.monotonic() - t0 >= at_s:
@@ -80,7 +85,7 @@ def test_kill_9_anywhere_then_resume(tmp_path):
         log_path = tmp_path / f"trial{trial}.log"
         with open(log_path, "w") as log:
             proc = _start(run, data, log)
-            inside = trial % 2 == 1
+            inside = rng.choice((1, 2)) if trial % 2 else 0  # odd trials: in this process's 1st or 2nd save
             outcome = _kill_when(proc, ckpt, inside, rng.uniform(0.5, run_s), rng)
         out = log_path.read_text()
         loaded = re.search(r"loaded checkpoint \S*iter_(\d+)", out)
@@ -101,7 +106,7 @@ def test_kill_9_anywhere_then_resume(tmp_path):
             shutil.rmtree(run)
             chains += 1
         else:
-            in_save += int(inside)
+            in_save += int(bool(inside))
     final = tmp_path / "final.log"
     with open(final, "w") as log:
         proc = _start(run, data, log)
