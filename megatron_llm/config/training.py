@@ -90,6 +90,8 @@ class CheckpointConfig:
     finetune: bool = _f(False, "load weights only and start at iteration 0")
     save_interval_minutes: Optional[float] = _f(
         None, "also save once this many minutes have passed since the last save (ranks agree at log intervals)")
+    async_save: bool = _f(False, "write checkpoints in the background while training continues; `latest` moves "
+                          "once every rank's shard is on disk")
     keep_last: Optional[int] = _f(None, "keep only the newest N complete checkpoints (older ones deleted after a "
                                   "new one is durable)")
 

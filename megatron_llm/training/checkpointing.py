@@ -135,7 +135,10 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     return sd
 
 
-def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int) -> str:
+def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int, async_queue=None) -> str:
+    """Write iter_N.tmp, then publish it (rename, tracker). With `async_queue` (--async-save, a megatron-core
+    AsyncCallsQueue) the shards are written in the background and publishing is the request's finalize step,
+    run on every rank once every rank's writer is done (training/async_checkpoint.py)."""
     from megatron.core import dist_checkpointing
 
     root = cfg.checkpoint.save
@@ -149,16 +152,33 @@ def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: 
     dist.barrier()
     sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
                      iteration=iteration, consumed=consumed)
-    dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
+    if async_queue is None:
+        dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
+        publish(cfg, iteration)
+    else:
+        request = dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA, async_sharded_save=True)
+        request.add_finalize_fn(lambda: publish(cfg, iteration))
+        async_queue.schedule_async_request(request)
+    return final
+
+
+def publish(cfg: RunConfig, iteration: int) -> None:
+    """Every rank's shard of iter_N.tmp is written: rename it to iter_N, point the tracker at it, apply
+    --keep-last. A collective."""
+    from megatron_llm.training.checkpoint_files import keep_last
+
+    root = cfg.checkpoint.save
+    final = checkpoint_dir(root, iteration)
     dist.barrier()
-    if rank == 0:
+    if dist.get_rank() == 0:
         if os.path.isdir(final):
             shutil.rmtree(final)  # re-saving the same iteration (e.g. after a restart): replace it whole
-        os.replace(tmp, final)
+        os.replace(final + ".tmp", final)
         atomic_write_text(os.path.join(root, TRACKER), f"{iteration}\n")
         print(f"[megatron-llm] saved checkpoint at iteration {iteration} to {final}", flush=True)
+        if cfg.checkpoint.keep_last:
+            keep_last(root, cfg.checkpoint.keep_last, iteration)
     dist.barrier()
-    return final
 
 
 def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]]:

@@ -234,6 +234,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
 
     from megatron_llm.config.arguments import validate
     from megatron_llm.training import checkpoint_files, checkpointing, nan_guard, signals
+    from megatron_llm.training.async_checkpoint import AsyncCheckpointer
     from megatron_llm.training.health import HealthMonitor
     from megatron_llm.training.initialize import initialize, shutdown
     from megatron_llm.training.metrics import MetricsLogger
@@ -274,6 +275,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
 
     handler = signals.install()  # from here on a stop signal means "checkpoint at the next log boundary"
     health = HealthMonitor(cfg, info)
+    saver = AsyncCheckpointer(cfg.checkpoint.async_save)
     tc.finalize_model_grads_func = health.wrap_finalize(tc.finalize_model_grads_func)
     nan_injector = nan_guard.NanInjector(info.rank)
     skip_batches: set = set()  # iterations whose batch poisoned the gradients: not trained on after a rollback
@@ -359,6 +361,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                 or exit_code):
             # Every rank must take the same decision, or the ones that stop leave the others hanging in a collective.
             report = health.exchange(handler.received is not None)
+            saver.poll()  # publish a background save every rank has finished writing
             stop_signal, save_due = report.stop, report.save_due
             history.update(report.losses)
             nan_loss = (cfg.train.check_for_nan_in_loss_and_grad and exit_code == 0
@@ -393,10 +396,8 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             stop_signal or exit_now or save_due or iteration == cfg.train.train_iters
             or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0))
         if save_now:
-            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed)
+            saver.save(cfg, model, optimizer, scheduler, iteration, consumed)
             health.saved()
-            if info.rank == 0 and cfg.checkpoint.keep_last:
-                checkpoint_files.keep_last(cfg.checkpoint.save, cfg.checkpoint.keep_last, iteration)
         if stop_signal:
             if logger is not None:
                 logger.info(f"received {handler.signal_name}: saved iteration {iteration}, exiting for requeue")
@@ -404,6 +405,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             break
         if exit_now:
             break
+    saver.close()
     summary = {"iteration": iteration, "lm_loss": history, "val_loss": val_history, "exit_code": exit_code,
                "vocab_size": vocab_size, "padded_vocab_size": padded_vocab}
     for cb in callbacks:
