@@ -182,6 +182,8 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(f"the interleaved schedule needs the number of micro-batches "
                           f"({gbs // (d.micro_batch_size * dp)}) to be a multiple of "
                           f"--pipeline-model-parallel-size {pp}; raise --global-batch-size")
+    if not cfg.launch.distributed_timeout_minutes > 0:
+        raise ConfigError(f"--distributed-timeout-minutes {cfg.launch.distributed_timeout_minutes} must be > 0")
     if cfg.train.nan_policy == "rollback" and not cfg.checkpoint.save:
         raise ConfigError("--nan-policy rollback needs --save (the checkpoints it rolls back to)")
     if cfg.checkpoint.keep_last is not None and cfg.checkpoint.keep_last < 1:

@@ -38,6 +38,26 @@ MIN_EXCESS_S = 0.05
 HEADER = 4  # stop, save-due, mean compute time, mem GB; then (loss sum, token count) per iteration
 
 
+# Where this rank is: (iteration, phase). Read when a collective fails, to say which operation hung (worker.py).
+WHERE = {"iteration": 0, "phase": "start-up"}
+
+
+def at(iteration: int, phase: str) -> None:
+    WHERE["iteration"], WHERE["phase"] = iteration, phase
+
+
+def describe_failure(exc: BaseException, cfg) -> str:
+    """The message of a rank whose collective failed: rank, host, the operation, the timeout, the heartbeats."""
+    import socket as _socket
+
+    rank = int(os.environ.get("RANK", "0"))
+    hb = heartbeat_dir(cfg)
+    where = f"; per-rank heartbeats (last iteration each reached) in {hb}" if hb else ""
+    return (f"rank {rank} ({_socket.gethostname()}): {WHERE['phase']} at iteration {WHERE['iteration']} failed "
+            f"(--distributed-timeout-minutes {cfg.launch.distributed_timeout_minutes}: a peer rank hung, died or "
+            f"is too slow){where}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+
+
 def heartbeat_dir(cfg) -> Optional[str]:
     root = cfg.checkpoint.save or cfg.logging.tensorboard_dir
     return os.path.join(root, "heartbeat") if root else None
@@ -106,17 +126,27 @@ class HealthMonitor:
         def timed(*args, **kwargs):
             if self._entered is None:
                 self._entered = time.perf_counter()
+            at(WHERE["iteration"], "gradient reduction (finalize_model_grads)")
             return finalize(*args, **kwargs)
         return timed
 
     def step_start(self, iteration: int) -> None:
+        at(iteration, "forward-backward (pipeline send/recv, tensor-parallel collectives)")
         self.heartbeat(iteration, "step")
         self._t0 = time.perf_counter()
         self._entered = None
         if self.slow is not None and self.slow[1] in (None, iteration):
-            time.sleep(self.slow[0])
+            from megatron_llm.training import signals
+
+            until = time.monotonic() + self.slow[0]  # a stop signal (the launcher giving up) ends the nap
+            while time.monotonic() < until and signals.install().received is None:
+                time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+
+    def optimizer_step(self, iteration: int) -> None:
+        at(iteration, "optimizer step (gradient-norm all-reduce, parameter all-gather)")
 
     def step_end(self, iteration: int, loss: Optional[torch.Tensor]) -> None:
+        at(iteration, "after the optimizer step (evaluation or checkpoint save)")
         end = self._entered if self._entered is not None else time.perf_counter()
         self.compute_s.append(end - self._t0)
         self.pending.append((iteration, loss if self.owns_loss else None))
@@ -133,6 +163,7 @@ class HealthMonitor:
 
     def exchange(self, stop_requested: bool) -> IntervalReport:
         """Collective: every rank calls it at the same iterations."""
+        at(WHERE["iteration"], "health exchange (all-gather at the log boundary)")
         n = len(self.pending)
         minutes = self.cfg.checkpoint.save_interval_minutes
         save_due = bool(minutes) and time.monotonic() - self.last_save >= 60.0 * minutes

@@ -177,11 +177,26 @@ class _Interval:
         }
 
 
+SAMPLE_LOG_ENV = "MEGATRON_LLM_TEST_SAMPLE_LOG"  # test hook: record the samples each rank trains on
+
+
+def _recorded(batches, prefix: str):
+    """Append 'position crc32-of-tokens' per sample drawn to PREFIX.<pid> (sample-accounting tests)."""
+    import zlib
+
+    with open(f"{prefix}.{os.getpid()}", "a") as f:
+        for batch in batches:
+            for pos, toks in zip(batch["sample_position"].tolist(), batch["tokens"]):
+                f.write(f"{pos} {zlib.crc32(toks.numpy().tobytes())}\n")
+            f.flush()
+            yield batch
+
+
 class _DataIterators:
     """Iterators per model chunk: chunks holding the first layers read tokens, the last stage reads labels;
     middle chunks get None (their input arrives over pipeline p2p)."""
 
-    def __init__(self, dataset, consumed: int, cfg: RunConfig, num_chunks: int):
+    def __init__(self, dataset, consumed: int, cfg: RunConfig, num_chunks: int, record: bool = True):
         from megatron.core import parallel_state
 
         from megatron_llm.data.gpt_datasets import micro_batches
@@ -192,9 +207,12 @@ class _DataIterators:
             first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp)
             last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp)
             if dataset is not None and (first or last):
-                self.per_chunk.append(micro_batches(dataset, consumed, cfg.data.micro_batch_size,
-                                                    parallel_state.get_data_parallel_rank(),
-                                                    parallel_state.get_data_parallel_world_size()))
+                it = micro_batches(dataset, consumed, cfg.data.micro_batch_size,
+                                   parallel_state.get_data_parallel_rank(),
+                                   parallel_state.get_data_parallel_world_size())
+                if record and first and os.environ.get(SAMPLE_LOG_ENV) and parallel_state.get_tensor_model_parallel_rank() == 0:
+                    it = _recorded(it, os.environ[SAMPLE_LOG_ENV])
+                self.per_chunk.append(it)
             else:
                 self.per_chunk.append(None)
 
@@ -213,7 +231,7 @@ def evaluate(cfg: RunConfig, info, model, tc, valid_ds, gbs: int) -> Optional[fl
         return None
     for m in model:
         m.eval()
-    iters = _DataIterators(valid_ds, 0, cfg, len(model))
+    iters = _DataIterators(valid_ds, 0, cfg, len(model), record=False)
     fb = get_forward_backward_func()
     losses: List[Dict[str, torch.Tensor]] = []
     with torch.no_grad():
@@ -307,6 +325,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
         nan_injector.after_step()
         if timers is not None:  # the schedules time forward-backward themselves
             timers("optimizer", log_level=1).start(barrier=False)
+        health.optimizer_step(iteration + 1)
         outcome = nan_guard.step(optimizer, cfg.train.check_for_nan_in_loss_and_grad)
         if timers is not None:
             timers("optimizer").stop()

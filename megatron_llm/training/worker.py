@@ -14,7 +14,13 @@ def main(argv=None) -> int:
 
     args, values = parse_run_args(sys.argv[1:] if argv is None else argv)
     cfg = build_config(values, args.recipe)
-    return int(pretrain(cfg)["exit_code"])
+    try:
+        return int(pretrain(cfg)["exit_code"])
+    except (RuntimeError, TimeoutError) as e:  # torch.distributed reports timeouts and lost peers so
+        from megatron_llm.training.health import describe_failure
+
+        print(f"[megatron-llm] ERROR: {describe_failure(e, cfg)}", file=sys.stderr, flush=True)
+        raise
 
 
 if __name__ == "__main__":

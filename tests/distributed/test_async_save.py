@@ -54,3 +54,26 @@ def test_save_interval_minutes(data, tmp_path):
     assert _saved(ckpt) == [2, 4, 6]
     rec = [r for r in losses(tmp_path)]
     assert rec == [2, 4, 6]  # one metrics.jsonl record per log interval
+
+
+def _samples(prefix_dir):
+    out = []
+    for f in sorted(prefix_dir.glob("samples.*")):
+        out += [tuple(map(int, l.split())) for l in f.read_text().splitlines()]
+    return out
+
+
+def test_exactly_once_samples_across_restart_and_dp_change(data, tmp_path):
+    """Stopped at iteration 3 at DP2 and resumed at DP1: the samples trained on are those of an uninterrupted run,
+    each once (MEGATRON_LLM_TEST_SAMPLE_LOG records position and token checksum of every sample drawn)."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref.mkdir(), run.mkdir()
+    check(train(ref, data, 1, [], iters=ITERS, gbs=4, mbs=2, env={"MEGATRON_LLM_TEST_SAMPLE_LOG": str(ref / "samples")}))
+    ckpt = str(run / "ckpt")
+    env = {"MEGATRON_LLM_TEST_SAMPLE_LOG": str(run / "samples")}
+    check(train(run, data, 2, ["--save", ckpt, "--exit-interval", "3"], iters=ITERS, gbs=4, mbs=2, env=env))
+    check(train(run, data, 1, ["--load", ckpt], iters=ITERS, gbs=4, mbs=2, env=env))
+    expected = sorted(_samples(ref))
+    got = sorted(_samples(run))
+    assert [p for p, _ in expected] == list(range(ITERS * 4))
+    assert got == expected
