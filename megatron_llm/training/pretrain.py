@@ -367,7 +367,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             "lm_loss": None,  # known at the log boundary (the losses stay on the device until then)
             "lr": optimizer.param_groups[0]["lr"],
             "grad_norm": outcome.grad_norm,
-            "loss_scale": float(optimizer.get_loss_scale().item()),
+            "loss_scale": None,  # a device tensor: read at the log boundary
             "iteration_time_s": step_time,
             "skipped": not outcome.updated,
         }
@@ -391,11 +391,15 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                                  f"without saving (check --lr, the data, and that --vocab-size matches the "
                                  f"tokenizer)")
                 exit_code = EXIT_CODE_NAN
-            metrics.update(interval.summary(report))
+            logged = {**metrics, **interval.summary(report),
+                      "loss_scale": float(optimizer.get_loss_scale().item())}
             if logger is not None:
-                metrics = logger.log_iteration(iteration, metrics, consumed)
+                logged = logger.log_iteration(iteration, logged, consumed)
                 if report.stragglers:
                     logger.straggler(iteration, report.stragglers)
+            # callbacks see this iteration's own time and loss; the log line the interval's means
+            metrics = {**logged, "iteration_time_s": step_time, "skipped": not outcome.updated,
+                       "lm_loss": report.losses.get(iteration)}
             interval = _Interval()
         for cb in callbacks:
             cb.on_step_end(ctx, iteration, metrics)
