@@ -19,12 +19,13 @@ class AsyncCheckpointer:
 
             self.queue = AsyncCallsQueue(persistent=False)
 
-    def save(self, cfg, model, optimizer, scheduler, iteration: int, consumed: int) -> None:
+    def save(self, cfg, model, optimizer, scheduler, iteration: int, consumed: int, **kwargs) -> None:
+        """checkpointing.save (kwargs passed on), in the background with --async-save."""
         from megatron_llm.training import checkpointing
 
         if self.queue is not None:
             self.queue.maybe_finalize_async_calls(blocking=True)  # the previous save first
-        checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed, async_queue=self.queue)
+        checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed, async_queue=self.queue, **kwargs)
 
     def poll(self) -> None:
         """Collective: publish the saves every rank has finished writing."""
