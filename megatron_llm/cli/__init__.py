@@ -18,6 +18,7 @@ VERBS = {
     "profile": ("megatron_llm.cli.profile", "measure throughput, MFU and GPU telemetry of a training config"),
     "submit": ("megatron_llm.launch.submit_cli", "write and submit a Slurm batch job for a training run"),
     "jobs": ("megatron_llm.launch.jobs_cli", "list this user's Slurm runs and their state"),
+    "plan": ("megatron_llm.cli.plan", "predict memory, step time and MFU of parallel layouts; rank them"),
 }
 
 
