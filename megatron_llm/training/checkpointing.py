@@ -48,10 +48,14 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
     return getattr(m, "module", m)  # the GPTModel inside megatron-core's DDP wrapper
 
 
+def model_keys(num_chunks: int) -> List[str]:
+    """State-dict keys of the model chunks, in chunk order (Megatron-LM's names: 'model', or 'model0'..'model{n-1}').
+    Chunks are matched to these by position, never by sorting the names ('model10' sorts before 'model2')."""
+    return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
+
+
 def _model_sharded_state_dict(model: List[torch.nn.Module]) -> Dict[str, Any]:
-    if len(model) == 1:
-        return {"model": _unwrap(model[0]).sharded_state_dict()}
-    return {f"model{i}": _unwrap(m).sharded_state_dict() for i, m in enumerate(model)}
+    return {key: _unwrap(m).sharded_state_dict() for key, m in zip(model_keys(len(model)), model)}
 
 
 def _layout() -> Dict[str, int]:
@@ -121,10 +125,11 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     if with_optim:
         if is_loading:
             _ensure_optimizer_state(optimizer)
-        merged = {}
-        for v in sd.values():
-            merged.update(v)
-        sd["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=is_loading, metadata=OPTIM_METADATA)
+        # The chunks' state dicts stay nested per chunk: their local keys repeat across chunks (each chunk has its
+        # own 'decoder.layers.0...'), so merging them into one dict dropped all but the last chunk's parameters and
+        # the optimizer's lookup by parameter failed with virtual stages (Megatron-LM passes the nested dict too).
+        model_sd = {k: sd[k] for k in model_keys(len(model))}
+        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
         sd["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         sd["rng_state"] = _rng_sharded_object(is_loading)
@@ -181,7 +186,7 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
     with_rng = same_layout and not (cfg.checkpoint.no_load_rng or cfg.checkpoint.finetune)
     sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=True, with_optim=with_optim, with_rng=with_rng)
     loaded = dist_checkpointing.load(sd, path)
-    for key, m in zip(sorted(k for k in loaded if k.startswith("model")), model):
+    for key, m in zip(model_keys(len(model)), model):
         _unwrap(m).load_state_dict(loaded[key])
     if with_optim:
         _load_optimizer_state(optimizer, loaded["optimizer"])

@@ -202,7 +202,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     from megatron_llm.config.arguments import validate
     from megatron_llm.training import checkpointing, signals
     from megatron_llm.training.initialize import initialize, shutdown
-    from megatron_llm.training.metrics import MetricsLogger
+    from megatron_llm.training.metrics import MetricsLogger, is_log_iteration, local_mem_gb, max_over_ranks
 
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     info = initialize(cfg)
@@ -272,6 +272,9 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             "loss_scale": float(optimizer.get_loss_scale().item()),
             "iteration_time_s": step_time,
             "skipped": not ok,
+            # every rank takes part (a collective), at log intervals only
+            "mem_gb": max_over_ranks(local_mem_gb(info.device), info.device)
+            if is_log_iteration(cfg, iteration) else None,
         }
         if timers is not None:
             for name in list(timers._timers.keys()):
@@ -290,8 +293,9 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                 logger.error(f"iteration {iteration}: lm loss is {loss}; stopping without saving "
                              f"(check --lr, the data, and that --vocab-size matches the tokenizer)")
             exit_code = EXIT_CODE_NAN
-        do_eval = cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
-                                               or iteration == cfg.train.train_iters)
+        # A stop signal's warning window is for the checkpoint: save first, and skip the evaluation.
+        do_eval = not stop_signal and cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
+                                                                   or iteration == cfg.train.train_iters)
         if do_eval:
             val = evaluate(cfg, info, model, tc, valid_ds, gbs)
             if val is not None:
