@@ -65,6 +65,22 @@ def _layout() -> Dict[str, int]:
             "dp": ps.get_data_parallel_world_size()}
 
 
+def _vocab(model) -> Dict[str, int]:
+    """The real vocabulary and this layout's padding of it (TP-dependent; the padded rows are masked and zero, so
+    a checkpoint loads at any TP: megatron-core fills or drops the difference in padded rows)."""
+    m = _unwrap(model[0])
+    return {"vocab_size": int(getattr(m, "real_vocab_size", m.vocab_size)), "padded_vocab_size": int(m.vocab_size)}
+
+
+def _check_vocab(path: str, stored: Optional[Dict[str, int]], model) -> None:
+    here = _vocab(model)["vocab_size"]
+    if stored is not None and stored["vocab_size"] != here:
+        from megatron_llm.config.arguments import ConfigError
+
+        raise ConfigError(f"--load {path}: the checkpoint's vocabulary has {stored['vocab_size']} entries, this "
+                          f"run's {here}; use the tokenizer and --vocab-size it was trained with")
+
+
 def _rng_sharded_object(is_loading: bool):
     """RNG state of this rank, keyed by its (pp, tp) position; restored only into the same layout."""
     from megatron.core import parallel_state as ps
@@ -136,6 +152,7 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     sd["iteration"] = iteration
     sd["consumed_samples"] = consumed
     sd["layout"] = _layout()
+    sd["vocab"] = _vocab(model)
     sd["format_version"] = FORMAT_VERSION
     return sd
 
@@ -181,6 +198,7 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
     if common.get("format_version") != FORMAT_VERSION:
         raise RuntimeError(f"{path}: checkpoint format {common.get('format_version')} is not "
                            f"{FORMAT_VERSION}; it was not written by this version of megatron-llm")
+    _check_vocab(path, common.get("vocab"), model)
     same_layout = {k: common["layout"][k] for k in ("tp", "pp")} == {k: _layout()[k] for k in ("tp", "pp")}
     with_optim = not (cfg.checkpoint.no_load_optim or cfg.checkpoint.finetune)
     with_rng = same_layout and not (cfg.checkpoint.no_load_rng or cfg.checkpoint.finetune)

@@ -41,9 +41,9 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     from megatron_llm.models.llama import build_model_chunks, padded_vocab_size, transformer_config
 
     tc = transformer_config(cfg, info.device, timers=timers)
-    padded = padded_vocab_size(vocab_size, info.tp)
-    chunks = build_model_chunks(cfg, tc, padded)
-    init_weights(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
+    padded = padded_vocab_size(vocab_size, info.tp, cfg.model.make_vocab_size_divisible_by)
+    chunks = build_model_chunks(cfg, tc, padded, real_vocab_size=vocab_size)
+    init_weights(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers, vocab_size=vocab_size)
     if info.device == "cuda":
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
     p, o = cfg.parallel, cfg.optim
@@ -106,8 +106,9 @@ def build_scheduler(cfg: RunConfig, optimizer, global_batch_size: int):
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Sum of token losses and the token count; the schedule divides. Reported as [sum, count] for exact
-    token-weighted averaging over micro-batches and data-parallel ranks."""
+    """Sum of token losses and the token count. With calculate_per_token_loss (models/llama.py) the schedule does
+    not divide per micro-batch: finalize_model_grads divides the gradients by the token count of the whole global
+    batch, so the gradient is that of the token-weighted mean loss, the same mean as the log's [sum, count]."""
     losses = output_tensor.float().view(-1)
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(losses * mask)
