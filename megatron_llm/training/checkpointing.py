@@ -157,7 +157,9 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     return sd
 
 
-def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int) -> str:
+def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int,
+         data_state: Optional[Dict[str, int]] = None) -> str:
+    """data_state: what the training data order was built with (data_order.py), restored by load()."""
     from megatron.core import dist_checkpointing
 
     root = cfg.checkpoint.save
@@ -171,6 +173,7 @@ def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: 
     dist.barrier()
     sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
                      iteration=iteration, consumed=consumed)
+    sd["data"] = dict(data_state or {})
     dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
     dist.barrier()
     if rank == 0:
@@ -221,5 +224,6 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
         note = "" if same_layout else f" (resharded from TP{common['layout']['tp']} x PP{common['layout']['pp']})"
         print(f"[megatron-llm] loaded checkpoint {path}{note}", flush=True)
     if cfg.checkpoint.finetune:
-        return {"iteration": 0, "consumed_samples": 0}
-    return {"iteration": int(common["iteration"]), "consumed_samples": int(common["consumed_samples"])}
+        return {"iteration": 0, "consumed_samples": 0, "data": {}}
+    return {"iteration": int(common["iteration"]), "consumed_samples": int(common["consumed_samples"]),
+            "data": dict(common.get("data") or {})}

@@ -218,15 +218,19 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     gbs = get_current_global_batch_size()
     scheduler = build_scheduler(cfg, optimizer, gbs)
 
-    iteration, consumed = 0, 0
+    iteration, consumed, stored_data = 0, 0, None
     if cfg.checkpoint.load:
         state = checkpointing.load(cfg, model, optimizer, scheduler)
         if state is not None:
-            iteration, consumed = state["iteration"], state["consumed_samples"]
+            iteration, consumed, stored_data = state["iteration"], state["consumed_samples"], state["data"]
 
     from megatron_llm.data.gpt_datasets import build_datasets
+    from megatron_llm.training import data_order
 
-    train_ds, valid_ds, _test_ds = build_datasets(cfg, tokenizer, gbs)
+    built_for = data_order.train_samples_to_build(cfg, gbs, stored_data)
+    train_ds, valid_ds, _test_ds = build_datasets(cfg, tokenizer, gbs, train_samples=built_for)
+    if stored_data:
+        data_order.check_enough_samples(cfg, gbs, built_for, len(train_ds), cfg.checkpoint.load)
     data = _DataIterators(train_ds, consumed, cfg, len(model))
 
     ctx = TrainContext(cfg=cfg, rank=info.rank, world_size=info.world_size, device=info.device, model=model,
@@ -310,7 +314,8 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             stop_signal or exit_now or iteration == cfg.train.train_iters
             or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0))
         if save_now and exit_code == 0:
-            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed)
+            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed,
+                               data_state=data_order.data_state(built_for))
         if exit_code:
             break
         if stop_signal:
