@@ -64,11 +64,9 @@ def heartbeat_dir(cfg) -> Optional[str]:
 
 
 def memory_gb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    from megatron_llm.perf.throughput import host_rss_gb
+    from megatron_llm.training.metrics import local_mem_gb
 
-    return host_rss_gb()
+    return local_mem_gb(device)
 
 
 @dataclass

@@ -46,6 +46,28 @@ def peak_tflops(cfg: RunConfig, device: str) -> Optional[float]:
     return resolve_peak(device, name, training_dtype(cfg), cfg.logging.gpu_peak_tflops).tflops
 
 
+def local_mem_gb(device: str) -> float:
+    """This rank's peak memory: GPU memory allocated on CUDA, resident host memory on CPU."""
+    return (torch.cuda.max_memory_allocated() / 2 ** 30) if device == "cuda" else host_rss_gb()
+
+
+def max_over_ranks(value: float, device: str) -> float:
+    """Max of a per-rank figure over the world (one tiny all-reduce; call it on every rank, at log intervals only).
+    Pipeline stage 0 holds the most activations while the logging rank is the last stage."""
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if device == "cuda":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def is_log_iteration(cfg: RunConfig, iteration: int) -> bool:
+    return iteration % cfg.train.log_interval == 0 or iteration == cfg.train.train_iters
+
+
 def drop_records_after(path: str, iteration: int) -> int:
     """Remove metrics.jsonl records of iterations after `iteration` (a killed run logged past its last checkpoint),
     so a resumed run logs every iteration once. Returns how many were dropped."""
@@ -111,8 +133,7 @@ class MetricsLogger:
             tflops=tp.tflops_per_gpu,
             mfu=tp.mfu,
             # the max over ranks when the trainer's health exchange provides it (training/health.py)
-            mem_gb=m.get("mem_gb") if m.get("mem_gb") is not None else (
-                (torch.cuda.max_memory_allocated() / 2 ** 30) if self.device == "cuda" else host_rss_gb()),
+            mem_gb=m["mem_gb"] if m.get("mem_gb") is not None else local_mem_gb(self.device),
         )
         self.skipped += int(m.get("skipped") or 0)  # skipped iterations in this log interval
         # Called once per log interval (the trainer decides the boundaries).
