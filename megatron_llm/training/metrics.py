@@ -64,10 +64,6 @@ def max_over_ranks(value: float, device: str) -> float:
     return float(t.item())
 
 
-def is_log_iteration(cfg: RunConfig, iteration: int) -> bool:
-    return iteration % cfg.train.log_interval == 0 or iteration == cfg.train.train_iters
-
-
 def drop_records_after(path: str, iteration: int) -> int:
     """Remove metrics.jsonl records of iterations after `iteration` (a killed run logged past its last checkpoint),
     so a resumed run logs every iteration once. Returns how many were dropped."""
