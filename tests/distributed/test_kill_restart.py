@@ -79,16 +79,20 @@ def test_kill_9_anywhere_then_resume(tmp_path):
     rng = random.Random(11)
     run = tmp_path / "run"
     ckpt = run / "ckpt"
-    failures, in_save, finished, chains = [], 0, 0, 1
+    failures, in_save, finished, chains, resumed_from = [], 0, 0, 1, []
     for trial in range(TRIALS):
         before, had_partial = _tracker(ckpt), ckpt.is_dir() and any(n.endswith(".tmp") for n in os.listdir(ckpt))
         log_path = tmp_path / f"trial{trial}.log"
         with open(log_path, "w") as log:
             proc = _start(run, data, log)
-            inside = rng.choice((1, 2)) if trial % 2 else 0  # odd trials: in this process's 1st or 2nd save
-            outcome = _kill_when(proc, ckpt, inside, rng.uniform(0.5, run_s), rng)
+            # odd trials: inside this process's 1st, 2nd or 3rd save; even ones at a random moment, start-up
+            # included (later saves and moments let the chain advance past its first checkpoints)
+            inside = rng.choice((1, 2, 3)) if trial % 2 else 0
+            outcome = _kill_when(proc, ckpt, inside, rng.uniform(0.5, 1.3 * run_s), rng)
         out = log_path.read_text()
         loaded = re.search(r"loaded checkpoint \S*iter_(\d+)", out)
+        if loaded:
+            resumed_from.append(int(loaded.group(1)))
         if loaded and int(loaded.group(1)) != before:
             failures.append(f"trial {trial}: loaded iteration {int(loaded.group(1))}, newest complete was {before}")
         if loaded is None and "starting from scratch" in out and before is not None:
@@ -115,7 +119,8 @@ def test_kill_9_anywhere_then_resume(tmp_path):
     assert proc.returncode == 0, text[-3000:]
     got = losses(run)
     records = [l for l in (run / "tb" / "metrics.jsonl").read_text().splitlines() if '"lm_loss"' in l]
-    print(f"\nkill trials: {TRIALS} ({in_save} inside a save), runs completed between kills: {finished}, "
+    print(f"\nkill trials: {TRIALS} ({in_save} inside a save), resumed from iterations {resumed_from}, "
+          f"runs completed between kills: {finished}, "
           f"chains: {chains}, failures: {len(failures)}; {time.monotonic() - t0:.0f} s")
     for f in failures:
         print("  " + f)
