@@ -31,11 +31,12 @@ def padded_vocab(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
 
 def layer_param_numels(m: ModelConfig, tp: int, gated_mlp: bool = True) -> List[int]:
     """Parameters of one transformer layer on one TP rank, in registration order (megatron-core local spec:
-    input norm, QKV, output projection, pre-MLP norm, fc1, fc2)."""
+    input norm, output projection (Attention.__init__), QKV (SelfAttention.__init__, after super), pre-MLP norm,
+    fc1, fc2). The order matters: each parameter's start is padded to 64 elements."""
     h, f, d = m.hidden_size, m.ffn_hidden_size, m.head_dim
     q, kv = m.num_attention_heads * d, m.num_query_groups * d
     fc1 = (2 if gated_mlp else 1) * f
-    return [h, (q + 2 * kv) // tp * h, h * q // tp, h, fc1 // tp * h, h * f // tp]
+    return [h, h * q // tp, (q + 2 * kv) // tp * h, h, fc1 // tp * h, h * f // tp]
 
 
 def chunk_param_numels(m: ModelConfig, layout: Layout, vocab: int, stage: int, chunk: int,
