@@ -32,7 +32,7 @@ def padded_vocab(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
 def layer_param_numels(m: ModelConfig, tp: int, gated_mlp: bool = True) -> List[int]:
     """Parameters of one transformer layer on one TP rank, in registration order (megatron-core local spec:
     input norm, output projection (Attention.__init__), QKV (SelfAttention.__init__, after super), pre-MLP norm,
-    fc1, fc2). The order matters: each parameter's start is padded to 64 elements."""
+    fc1, fc2). The order places the shard boundaries of the distributed optimizer."""
     h, f, d = m.hidden_size, m.ffn_hidden_size, m.head_dim
     q, kv = m.num_attention_heads * d, m.num_query_groups * d
     fc1 = (2 if gated_mlp else 1) * f

@@ -16,7 +16,8 @@ from megatron_llm.planner.memory import padded_vocab, state_bytes
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 # Odd sizes on purpose: parameter starts are padded to 64 elements and buckets to lcm(DP, 128); with h = 60 no
-# weight is a multiple of 64 elements, so the padding (and so the byte count) depends on the parameter order.
+# weight but fc1 is a multiple of 64 elements, so almost every parameter start is padded, and the optimizer shard
+# boundaries of the two DP ranks fall inside parameters.
 SHAPE = dict(num_layers=4, hidden_size=60, num_attention_heads=6, num_query_groups=2, ffn_hidden_size=200)
 VOCAB = 500
 
