@@ -37,3 +37,7 @@ echo "== planner memory: predicted vs measured peak (bench/planner_memory_gpu.py
 python bench/planner_memory_gpu.py --out "$OUT/planner_memory" 2>&1 | grep -v -i "warn" | tee -a "$OUT/planner_memory.log"
 echo "== planner calibration on this GPU (plan --calibrate)" | tee -a "$OUT/planner_memory.log"
 MEGATRON_LLM_HOME="$OUT" python -m megatron_llm.cli plan --calibrate 2>&1 | tee -a "$OUT/planner_memory.log"
+echo "== topology of this machine (megatron-llm topo; nvidia-smi topo -m kept as a fixture candidate)" | tee "$OUT/topo.log"
+nvidia-smi topo -m > "$OUT/nvidia_smi_topo.txt" 2>&1
+python -m megatron_llm.cli topo 2>&1 | tee -a "$OUT/topo.log"
+python -m megatron_llm.cli topo --json > "$OUT/topo.json" 2>>"$OUT/topo.log"
