@@ -74,6 +74,9 @@ def test_two_node_training_job(slurm, slurm_env, data, tmp_path):
     assert any(f"start on n[1-2] (rendezvous 127.0.0.1:{port})" in e for e in ev), ev
     assert ev[-1].endswith("trainer exited with 0")
     assert (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+    # comm_env.sh was sourced (nothing to export for a CPU job) and rank 0 printed the tuner's decisions
+    assert (run / "comm_env.sh").is_file() and "could not decide" not in log
+    assert "[megatron-llm comm] --overlap-grad-reduce=off [auto]: CPU (gloo) run" in log
 
 
 def test_warning_signal_checkpoints_requeues_and_resumes(slurm, slurm_env, data, tmp_path):
