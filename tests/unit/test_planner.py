@@ -205,3 +205,15 @@ def test_no_swiglu_uses_a_gelu_mlp_of_4h():
     swiglu = json.loads(_plan(*base).stdout)
     # 4h GeLU: 2 x 4h^2 MLP params; SwiGLU with Llama's rule (5632 = 2.75h): 3 x 2.75h^2 -> more memory.
     assert gelu["memory"]["params_gb"] < swiglu["memory"]["params_gb"]
+
+
+def test_calibrate_measures_and_stores_without_touching_the_table_for_unknown_devices(tmp_path):
+    target = tmp_path / "cal.json"
+    p = _plan("--calibrate", "--calibration-file", str(target))
+    assert p.returncode == 0, p.stderr
+    cal = json.loads(target.read_text())
+    assert cal["matmul_tflops"] > 0 and cal["hbm_gbps"] > 0 and cal["device"] in ("cpu", "cuda")
+    if cal["device"] == "cpu":
+        assert "no --gpu-type uses it" in p.stdout
+        # A CPU measurement never changes a GPU's figures.
+        assert gpu_spec("h100", calibration=cal) == gpu_spec("h100")
