@@ -125,3 +125,10 @@ def test_topo_verb_json(tmp_path):
     d = json.loads(p.stdout)
     assert d["node"]["gpu_connectivity"] == "NVSwitch" and len(d["node"]["gpus"]) == 8
     assert [g["numa"] for g in d["node"]["gpus"]][:2] == [3, 3]
+    # The preview of what comm tuning would decide for a layout on this node.
+    p = subprocess.run([sys.executable, "-m", "megatron_llm.cli", "topo", "--nvidia-smi-topo",
+                        str(DATA / "nvidia_smi_topo_a100_oci_nv12.txt"), "--sysfs-infiniband", str(tmp_path),
+                        "--world-size", "64", "--tensor-model-parallel-size", "8", "--pipeline-model-parallel-size",
+                        "2"], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert p.returncode == 0, p.stderr
+    assert "--use-tp-pp-dp-mapping=on [auto]" in p.stdout and "CUDA_DEVICE_MAX_CONNECTIONS=1" in p.stdout
