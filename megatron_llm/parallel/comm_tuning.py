@@ -216,6 +216,25 @@ def report(decisions: List[Decision], prefix: str = "[megatron-llm comm]") -> st
     return "\n".join(f"{prefix} {d.line()}" for d in decisions)
 
 
+def tune_rank(cfg, environ: Optional[MutableMapping[str, str]] = None) -> List[Decision]:
+    """In a training rank, before CUDA and the process groups start: fill the settings the user left open for
+    this device and layout, set CUDA_DEVICE_MAX_CONNECTIONS; rank 0 prints every decision with its reason."""
+    import os
+    import re
+
+    from megatron_llm.parallel.device import resolve_device  # torch, lazily: only ranks get here
+
+    environ = os.environ if environ is None else environ
+    world = int(environ.get("WORLD_SIZE", "1"))
+    per_node = re.match(r"\d+", environ.get("LOCAL_WORLD_SIZE") or environ.get("SLURM_NTASKS_PER_NODE") or "")
+    decisions = decide(cfg, world, resolve_device(cfg.launch.device), environ=environ,
+                       gpus_per_node=int(per_node.group()) if per_node else world)
+    apply(cfg, decisions, environ)
+    if int(environ.get("RANK", "0")) == 0:
+        print(report(decisions), flush=True)
+    return decisions
+
+
 def rank_groups(world_size: int, tp: int, pp: int, tp_pp_dp: bool) -> Dict[str, List[List[int]]]:
     """The TP, PP and DP groups megatron-core forms for an order (TP fastest; then PP, DP for tp-pp-dp, or DP,
     PP for the default). Pure arithmetic, for checks before launch (and tested against megatron-core)."""
