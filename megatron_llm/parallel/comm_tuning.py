@@ -15,6 +15,7 @@ CPU path is what the equivalence tests pin down. Torch-free: used by `train`, `s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional
 
@@ -161,7 +162,7 @@ def decide_env(shape: RunShape, node, environ: Mapping[str, str]) -> List[Decisi
         return out
     active = [h for h in node.hcas if h.usable]
     near = sorted({g.nearest_hca for g in node.gpus if g.nearest_hca},
-                  key=lambda n: [int(t) if t.isdigit() else t for t in __import__("re").split(r"(\d+)", n)])
+                  key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
     near_active = [n for n in near if any(h.name == n for h in active)] if active else near
     if not node.hcas:
         env("NCCL_IB_HCA", None, "no InfiniBand/RoCE HCA found (/sys/class/infiniband): NCCL uses sockets")
@@ -220,7 +221,6 @@ def tune_rank(cfg, environ: Optional[MutableMapping[str, str]] = None) -> List[D
     """In a training rank, before CUDA and the process groups start: fill the settings the user left open for
     this device and layout, set CUDA_DEVICE_MAX_CONNECTIONS; rank 0 prints every decision with its reason."""
     import os
-    import re
 
     from megatron_llm.parallel.device import resolve_device  # torch, lazily: only ranks get here
 
