@@ -8,6 +8,7 @@ directory that looks complete, and `latest` never names one that is not.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from typing import Any, Dict, List, Optional
@@ -131,14 +132,31 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     sd["iteration"] = iteration
     sd["consumed_samples"] = consumed
     sd["layout"] = _layout()
+    sd["model_config"] = dataclasses.asdict(cfg.model)  # the shape, for tools that rebuild the model (convert)
     sd["format_version"] = FORMAT_VERSION
     return sd
 
 
 def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int) -> str:
+    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
+                     iteration=iteration, consumed=consumed)
+    return write(cfg.checkpoint.save, iteration, sd)
+
+
+def save_weights(cfg: RunConfig, model, root: str, iteration: int = 0,
+                 extra: Optional[Dict[str, Any]] = None) -> str:
+    """A weights-only checkpoint (no optimizer, no RNG) that `--load ROOT --finetune` continues from; `extra`
+    goes into the common state (read back with dist_checkpointing.load_common_state_dict)."""
+    sd = _state_dict(cfg, model, None, None, is_loading=False, with_optim=False, with_rng=False,
+                     iteration=iteration)
+    sd.update(extra or {})
+    return write(root, iteration, sd)
+
+
+def write(root: str, iteration: int, sd: Dict[str, Any]) -> str:
+    """Save a sharded state dict as <root>/iter_N: written to iter_N.tmp, renamed, then the tracker (all ranks)."""
     from megatron.core import dist_checkpointing
 
-    root = cfg.checkpoint.save
     final = checkpoint_dir(root, iteration)
     tmp = final + ".tmp"
     rank = dist.get_rank()
@@ -147,8 +165,6 @@ def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: 
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed save
         os.makedirs(tmp)
     dist.barrier()
-    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
-                     iteration=iteration, consumed=consumed)
     dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
     dist.barrier()
     if rank == 0:
@@ -186,6 +202,8 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
     if with_optim:
         _load_optimizer_state(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    elif optimizer is not None:
+        optimizer.reload_model_params()  # fp32 main copies of bf16/fp16 weights were made from the initial ones
     if with_rng:
         from megatron.core import tensor_parallel
 
