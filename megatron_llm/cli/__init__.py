@@ -18,6 +18,8 @@ VERBS = {
     "profile": ("megatron_llm.cli.profile", "measure throughput, MFU and GPU telemetry of a training config"),
     "submit": ("megatron_llm.launch.submit_cli", "write and submit a Slurm batch job for a training run"),
     "jobs": ("megatron_llm.launch.jobs_cli", "list this user's Slurm runs and their state"),
+    "convert": ("megatron_llm.cli.convert", "convert HF checkpoints to megatron_llm checkpoints and back"),
+    "generate": ("megatron_llm.cli.generate", "generate text from a checkpoint (KV cache, greedy or sampling)"),
 }
 
 
