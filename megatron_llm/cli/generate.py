@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -70,7 +71,8 @@ def main(argv: List[str]) -> int:
         device = resolve_device(args.device)
         info = session.checkpoint_info(args.load)
         cfg = session.run_config(info.model, dtype=info.dtype, load=os.path.dirname(info.path), device=device)
-        with session.single_process(cfg):
+        # progress lines go to stderr: stdout carries only the generated text (or ids)
+        with contextlib.redirect_stdout(sys.stderr), session.single_process(cfg):
             model = session.build_model(cfg, info.vocab_rows, device)[0]
             session.load_weights(cfg, [model])
             ids = generate(model, tokenizer.tokenize(text), args.max_new_tokens, info.vocab_size, sampling,

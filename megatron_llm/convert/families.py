@@ -61,9 +61,12 @@ def model_fields(fam: Family, c: Dict[str, Any], where: str) -> Dict[str, Any]:
     act = c.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         refuse(f"hidden_act {act!r} (only SwiGLU with silu)")
-    scaling = c.get("rope_scaling")
+    # transformers < 5 writes rope_theta + rope_scaling, >= 5 one rope_parameters mapping
+    rope = dict(c.get("rope_parameters") or {})
+    scaling = c.get("rope_scaling") or rope
     if scaling and (scaling.get("rope_type") or scaling.get("type")) not in (None, "default"):
-        refuse(f"rope_scaling {scaling!r} (Llama-3.1 / linear / dynamic / yarn RoPE scaling)")
+        refuse(f"RoPE scaling {scaling!r} (Llama-3.1 / linear / dynamic / yarn)")
+    rope_theta = c.get("rope_theta", rope.get("rope_theta", 10000.0))
     if fam.sliding_window_key and c.get(fam.sliding_window_key) not in (None, False):
         if fam.name != "qwen2" or c.get("use_sliding_window"):
             refuse(f"{fam.sliding_window_key}={c.get(fam.sliding_window_key)!r} (sliding-window attention)")
@@ -82,7 +85,7 @@ def model_fields(fam: Family, c: Dict[str, Any], where: str) -> Dict[str, Any]:
         "kv_channels": int(c.get("head_dim") or hidden // heads),
         "vocab_size": int(c["vocab_size"]),
         "max_position_embeddings": int(c.get("max_position_embeddings", 2048)),
-        "rotary_base": float(c.get("rope_theta", 10000.0)),
+        "rotary_base": float(rope_theta),
         "norm_epsilon": float(c.get("rms_norm_eps", 1e-6)),
         "untie_embeddings_and_output_weights": not bool(c.get("tie_word_embeddings", False)),
         "add_qkv_bias": fam.qkv_bias,
