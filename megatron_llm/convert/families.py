@@ -25,13 +25,15 @@ class Family:
     w_pack: bool = False  # Baichuan-7B: one [q; k; v] matrix
     qkv_bias: bool = False  # Qwen2
     sliding_window_key: str = ""  # Mistral/Qwen2: a config key that must be unset (no sliding-window attention)
+    model_types: Tuple[str, ...] = ()  # config.json's model_type, used when it has no "architectures"
 
 
 FAMILIES = (
-    Family("llama", ("LlamaForCausalLM",)),
-    Family("mistral", ("MistralForCausalLM",), sliding_window_key="sliding_window"),
-    Family("qwen2", ("Qwen2ForCausalLM",), qkv_bias=True, sliding_window_key="use_sliding_window"),
-    Family("baichuan", ("BaiChuanForCausalLM", "BaichuanForCausalLM"), w_pack=True),
+    Family("llama", ("LlamaForCausalLM",), model_types=("llama",)),
+    Family("mistral", ("MistralForCausalLM",), sliding_window_key="sliding_window", model_types=("mistral",)),
+    Family("qwen2", ("Qwen2ForCausalLM",), qkv_bias=True, sliding_window_key="use_sliding_window",
+           model_types=("qwen2",)),
+    Family("baichuan", ("BaiChuanForCausalLM", "BaichuanForCausalLM"), w_pack=True, model_types=("baichuan",)),
 )
 SUPPORTED = ", ".join(a for f in FAMILIES for a in f.architectures)
 
@@ -39,7 +41,8 @@ SUPPORTED = ", ".join(a for f in FAMILIES for a in f.architectures)
 def family_of(hf_config: Dict[str, Any], where: str) -> Family:
     archs = hf_config.get("architectures") or []
     for fam in FAMILIES:
-        if any(a in fam.architectures for a in archs):
+        if any(a in fam.architectures for a in archs) or (not archs and hf_config.get("model_type") in
+                                                          fam.model_types):
             return fam
     raise ConversionError(f"{where}: architecture {archs or hf_config.get('model_type')!r} is not supported; "
                           f"supported: {SUPPORTED}")

@@ -47,6 +47,7 @@ def convert(src: str, out: str, tokenizer: Optional[str] = None, max_shard_bytes
             writer.close()
             del model, params
         config = dict(hf.get("config") or families.hf_config_for(m))
+        config.setdefault("architectures", [fam.architectures[0]])  # vLLM picks the model class by it
         write_json(os.path.join(tmp, "config.json"), config)
         gen = hf.get("generation_config") or {k: config[k] for k in ("bos_token_id", "eos_token_id") if k in config}
         write_json(os.path.join(tmp, "generation_config.json"), gen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import torch
@@ -29,3 +30,15 @@ def forward_logits(chunks: List[torch.nn.Module], tokens: torch.Tensor) -> Optio
     if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
         return None
     return stored[-1]
+
+
+def checkpoint_logits(root: str, tokens: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] -> [batch, seq, vocab] fp32 logits of a checkpoint, on this one process (TP1/PP1)."""
+    from megatron_llm.inference import session
+
+    info = session.checkpoint_info(root)
+    cfg = session.run_config(info.model, dtype=info.dtype, load=os.path.dirname(info.path))
+    with session.single_process(cfg):
+        chunks = session.build_model(cfg, info.vocab_rows, "cpu")
+        session.load_weights(cfg, chunks)
+        return forward_logits(chunks, tokens)[..., : info.vocab_size].float()
