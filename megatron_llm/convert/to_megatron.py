@@ -66,20 +66,27 @@ def _fill(model: torch.nn.Module, fam, m: Dict[str, Any], reader: HFReader) -> N
     """Copy every parameter from the HF tensors, checking each shape; the padded vocabulary rows are zero."""
     params = dict(model.named_parameters())
     filled = set()
-    for name, make in families.hf_to_megatron(fam, m, reader.get):
+    read: List[str] = []  # the HF tensors behind the current parameter, for messages
+
+    def get(hf_name: str) -> torch.Tensor:
+        read.append(hf_name)
+        return reader.get(hf_name)
+
+    for name, make in families.hf_to_megatron(fam, m, get):
         if name not in params:
             raise ConversionError(f"internal: {name} is not a parameter of the megatron-core model")
+        read.clear()
         t, p = make(), params[name].data
         if name in ("embedding.word_embeddings.weight", "output_layer.weight"):
             if t.shape[1:] != p.shape[1:] or t.shape[0] > p.shape[0]:
-                raise ConversionError(f"{reader.directory}: {name} has shape {tuple(t.shape)}, expected "
+                raise ConversionError(f"{reader.directory}: tensor {read[0]} has shape {tuple(t.shape)}, expected "
                                       f"({m['vocab_size']}, {p.shape[1]}) from config.json")
             p[t.shape[0]:].zero_()
             p = p[: t.shape[0]]
         if t.shape != p.shape:
-            raise ConversionError(f"{reader.directory}: tensor for {name} has shape {tuple(t.shape)}, expected "
-                                  f"{tuple(p.shape)} from config.json (a tensor of another model, or a config "
-                                  f"that does not match the weights)")
+            raise ConversionError(f"{reader.directory}: tensor {' + '.join(read)} gives {name} the shape "
+                                  f"{tuple(t.shape)}, expected {tuple(p.shape)} from config.json (a tensor of "
+                                  f"another model, or a config that does not match the weights)")
         p.copy_(t)
         filled.add(name)
         del t
