@@ -73,7 +73,7 @@ def main(argv: List[str]) -> int:
         cfg = session.run_config(info.model, dtype=info.dtype, load=os.path.dirname(info.path), device=device)
         # progress lines go to stderr: stdout carries only the generated text (or ids)
         with contextlib.redirect_stdout(sys.stderr), session.single_process(cfg):
-            model = session.build_model(cfg, info.vocab_rows, device)[0]
+            model = session.build_model(cfg, info.vocab_rows, device, info.vocab_size)[0]
             session.load_weights(cfg, [model])
             ids = generate(model, tokenizer.tokenize(text), args.max_new_tokens, info.vocab_size, sampling,
                            eos_id=_eos(info, tokenizer))

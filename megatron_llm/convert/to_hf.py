@@ -31,7 +31,7 @@ def convert(src: str, out: str, tokenizer: Optional[str] = None, max_shard_bytes
     try:
         cfg = session.run_config(m, dtype=info.dtype, load=os.path.dirname(info.path))
         with session.single_process(cfg):
-            model = session.build_model(cfg, info.vocab_rows, "cpu")[0]
+            model = session.build_model(cfg, info.vocab_rows, "cpu", info.vocab_size)[0]
             session.load_weights(cfg, [model])
             params = dict(model.named_parameters())
 

@@ -115,13 +115,13 @@ def convert(src: str, out: str, tp: int = 1, pp: int = 1, vp: Optional[int] = No
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ConversionError(f"{src}: weights of dtype {dtype} (quantized?) are not supported; give float32, "
                               f"bfloat16 or float16 weights")
-    rows = padded_vocab_size(m["vocab_size"], tp)  # what a TP-`tp` run builds
+    rows = padded_vocab_size(m["vocab_size"], tp)  # what a TP-`tp` run builds (default --make-vocab-size-divisible-by)
     tmp = out.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         cfg = session.run_config(m, dtype=dtype)
         with session.single_process(cfg):
-            model = session.build_model(cfg, rows, "cpu")[0]
+            model = session.build_model(cfg, rows, "cpu", m["vocab_size"])[0]
             _fill(model, fam, m, reader)
             model_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 30
             gen_path = os.path.join(src, "generation_config.json")

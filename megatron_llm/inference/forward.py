@@ -39,6 +39,6 @@ def checkpoint_logits(root: str, tokens: torch.Tensor) -> torch.Tensor:
     info = session.checkpoint_info(root)
     cfg = session.run_config(info.model, dtype=info.dtype, load=os.path.dirname(info.path))
     with session.single_process(cfg):
-        chunks = session.build_model(cfg, info.vocab_rows, "cpu")
+        chunks = session.build_model(cfg, info.vocab_rows, "cpu", info.vocab_size)
         session.load_weights(cfg, chunks)
         return forward_logits(chunks, tokens)[..., : info.vocab_size].float()

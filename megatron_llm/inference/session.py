@@ -49,11 +49,12 @@ def single_process(cfg: RunConfig):
                 os.environ[k] = v
 
 
-def build_model(cfg: RunConfig, vocab_rows: int, device: str) -> List[torch.nn.Module]:
-    """The model chunks this rank holds, weights uninitialised (they are loaded or converted into)."""
+def build_model(cfg: RunConfig, vocab_rows: int, device: str, vocab_size: int) -> List[torch.nn.Module]:
+    """The model chunks this rank holds, weights uninitialised (they are loaded or converted into).
+    `vocab_rows`: the padded embedding table; `vocab_size`: the real vocabulary (padded logits are masked)."""
     from megatron_llm.models.llama import build_model_chunks, transformer_config
 
-    chunks = build_model_chunks(cfg, transformer_config(cfg, device), vocab_rows)
+    chunks = build_model_chunks(cfg, transformer_config(cfg, device), vocab_rows, real_vocab_size=vocab_size)
     if device == "cuda":
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
     for c in chunks:
@@ -92,7 +93,7 @@ def checkpoint_info(root: str) -> CheckpointInfo:
     meta = dist_checkpointing.load_tensors_metadata(path)
     emb = meta[EMBEDDING_KEY]
     model = dict(common["model_config"])
-    vocab = int(common.get("hf", {}).get("vocab_size") or model.get("vocab_size") or emb.global_shape[0])
+    vocab = int((common.get("vocab") or {}).get("vocab_size") or model.get("vocab_size") or emb.global_shape[0])
     return CheckpointInfo(path=path, common=common, model=model, vocab_rows=int(emb.global_shape[0]),
                           vocab_size=vocab, dtype=emb.dtype)
 

@@ -49,7 +49,7 @@ def run(args) -> int:
             raise SystemExit(f"layout {tp}x{pp} does not divide the world size {world}")
         cfg = session.run_config(info.model, tp=tp, pp=pp, dtype=info.dtype, load=os.path.dirname(info.path))
         initialize(cfg)
-        chunks = session.build_model(cfg, info.vocab_rows, "cpu")
+        chunks = session.build_model(cfg, info.vocab_rows, "cpu", info.vocab_size)
         session.load_weights(cfg, chunks)
         logits = forward_logits(chunks, tokens)
         if logits is not None and ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
