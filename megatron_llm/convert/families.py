@@ -6,6 +6,8 @@ differ in names, QKV packing and a few config keys:
   mistral MistralForCausalLM (without a sliding window)
   qwen2   Qwen2ForCausalLM: biases on q/k/v (megatron-core's add_qkv_bias)
   baichuan  BaiChuanForCausalLM / BaichuanForCausalLM (Baichuan-7B): q, k, v fused in one W_pack matrix
+  open-llama  OpenLlamaForCausalLM (s-JoL's Open-Llama; transformers <= 4.31): stable embedding (LayerNorm after
+            the embedding) and shared input/output embedding
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Family:
     qkv_bias: bool = False  # Qwen2
     sliding_window_key: str = ""  # Mistral/Qwen2: a config key that must be unset (no sliding-window attention)
     model_types: Tuple[str, ...] = ()  # config.json's model_type, used when it has no "architectures"
+    stable_embedding: bool = False  # Open-Llama: LayerNorm after the embedding (config use_stable_embedding)
 
 
 FAMILIES = (
@@ -34,6 +37,7 @@ FAMILIES = (
     Family("qwen2", ("Qwen2ForCausalLM",), qkv_bias=True, sliding_window_key="use_sliding_window",
            model_types=("qwen2",)),
     Family("baichuan", ("BaiChuanForCausalLM", "BaichuanForCausalLM"), w_pack=True, model_types=("baichuan",)),
+    Family("open-llama", ("OpenLlamaForCausalLM",), model_types=("open-llama",), stable_embedding=True),
 )
 SUPPORTED = ", ".join(a for f in FAMILIES for a in f.architectures)
 
@@ -79,6 +83,7 @@ def model_fields(fam: Family, c: Dict[str, Any], where: str) -> Dict[str, Any]:
         refuse("attention_bias=true (biases on q/k/v and the output projection)")
     heads = int(c["num_attention_heads"])
     hidden = int(c["hidden_size"])
+    tied = c.get("shared_input_output_embedding" if fam.stable_embedding else "tie_word_embeddings", False)
     return {
         "num_layers": int(c["num_hidden_layers"]),
         "hidden_size": hidden,
@@ -90,8 +95,9 @@ def model_fields(fam: Family, c: Dict[str, Any], where: str) -> Dict[str, Any]:
         "max_position_embeddings": int(c.get("max_position_embeddings", 2048)),
         "rotary_base": float(rope_theta),
         "norm_epsilon": float(c.get("rms_norm_eps", 1e-6)),
-        "untie_embeddings_and_output_weights": not bool(c.get("tie_word_embeddings", False)),
+        "untie_embeddings_and_output_weights": not bool(tied),
         "add_qkv_bias": fam.qkv_bias,
+        "use_stable_embedding": bool(fam.stable_embedding and c.get("use_stable_embedding", True)),
     }
 
 
@@ -138,6 +144,9 @@ def hf_to_megatron(fam: Family, m: Dict[str, Any], get) -> Iterator[Tuple[str, A
     """(megatron-core parameter name at TP1/PP1, a function returning its tensor from `get(hf_name)`)."""
     groups, heads, d = m["num_query_groups"], m["num_attention_heads"], m["kv_channels"]
     yield "embedding.word_embeddings.weight", lambda: get("model.embed_tokens.weight")
+    if m.get("use_stable_embedding"):
+        for part in ("weight", "bias"):
+            yield f"embedding.stable_norm.{part}", (lambda part=part: get(f"model.embed_layer_norm.{part}"))
     for i in range(m["num_layers"]):
         pre, hf = f"decoder.layers.{i}.", f"model.layers.{i}."
         for ours, theirs in _LAYER_COPIES:
@@ -163,6 +172,9 @@ def megatron_to_hf(fam: Family, m: Dict[str, Any], get) -> Iterator[Tuple[str, t
     """(HF name, tensor) from `get(megatron-core name)`, in HF's usual order."""
     groups, heads, d = m["num_query_groups"], m["num_attention_heads"], m["kv_channels"]
     yield "model.embed_tokens.weight", get("embedding.word_embeddings.weight")
+    if m.get("use_stable_embedding"):
+        for part in ("weight", "bias"):
+            yield f"model.embed_layer_norm.{part}", get(f"embedding.stable_norm.{part}")
     for i in range(m["num_layers"]):
         pre, hf = f"decoder.layers.{i}.", f"model.layers.{i}."
         q, k, v = _qkv_unpack(get(pre + "self_attention.linear_qkv.weight"), groups, heads, d)

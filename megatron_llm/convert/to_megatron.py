@@ -45,7 +45,8 @@ def _recipe(m: Dict[str, Any], tp: int, pp: int, vp: Optional[int], dtype: torch
     r: Dict[str, Any] = {k: m[k] for k in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                                            "ffn_hidden_size", "kv_channels", "vocab_size",
                                            "max_position_embeddings", "rotary_base", "norm_epsilon",
-                                           "untie_embeddings_and_output_weights", "add_qkv_bias")}
+                                           "untie_embeddings_and_output_weights", "add_qkv_bias",
+                                           "use_stable_embedding")}
     r.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
              load=os.path.abspath(out), finetune=True)
     if vp:

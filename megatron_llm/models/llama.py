@@ -160,5 +160,9 @@ def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Opt
             vp_stage=stage,
             real_vocab_size=real_vocab_size or vocab_size,
         )
+        if pre and cfg.model.use_stable_embedding:
+            from megatron_llm.models.stable_embedding import attach
+
+            attach(model.embedding, cfg.model.hidden_size, tc.params_dtype, tc.sequence_parallel)
         chunks.append(model)
     return chunks

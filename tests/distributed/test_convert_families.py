@@ -1,7 +1,9 @@
 """Each supported family, as a small random model: converted to megatron_llm it gives the reference logits, and
 converted back it gives the same tensors. References: transformers' own classes for Llama (sharded safetensors),
-Mistral (.bin) and Qwen2 (q/k/v biases, tied embeddings); for Baichuan-7B (not in transformers) a forward written
-here from its published modeling code (W_pack = [q; k; v], RMSNorm, rotate-half RoPE, SwiGLU)."""
+Mistral (.bin) and Qwen2 (q/k/v biases, tied embeddings); for Baichuan-7B and Open-Llama (not in transformers
+any more) a forward written here from their published modeling code: RMSNorm, rotate-half RoPE, SwiGLU, with
+Baichuan's W_pack = [q; k; v] and Open-Llama's stable embedding (LayerNorm after the embedding) and shared
+input/output embedding."""
 
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ def _bin_dir(model, d: Path):
     torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, d / "pytorch_model.bin")
 
 
-def baichuan_forward(sd, cfg, tokens: torch.Tensor) -> torch.Tensor:
-    """Baichuan-7B's forward (modeling_baichuan.py structure) on a state dict."""
+def reference_forward(sd, cfg, tokens: torch.Tensor) -> torch.Tensor:
+    """Baichuan-7B's (modeling_baichuan.py) or Open-Llama's (modeling_open_llama.py) forward on a state dict."""
     h_dim, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["rms_norm_eps"]
     d = h_dim // heads
     b, s = tokens.shape
@@ -58,11 +60,17 @@ def baichuan_forward(sd, cfg, tokens: torch.Tensor) -> torch.Tensor:
         return torch.cat([-x2, x1], dim=-1)
 
     h = sd["model.embed_tokens.weight"][tokens]
+    if cfg.get("use_stable_embedding"):
+        h = torch.nn.functional.layer_norm(h, (h_dim,), sd["model.embed_layer_norm.weight"],
+                                           sd["model.embed_layer_norm.bias"], eps=1e-5)
     mask = torch.full((s, s), float("-inf")).triu(1)
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         x = rms(h, sd[p + "input_layernorm.weight"])
-        q, k, v = (x @ sd[p + "self_attn.W_pack.weight"].T).split(h_dim, dim=-1)
+        if p + "self_attn.W_pack.weight" in sd:
+            q, k, v = (x @ sd[p + "self_attn.W_pack.weight"].T).split(h_dim, dim=-1)
+        else:
+            q, k, v = (x @ sd[f"{p}self_attn.{n}_proj.weight"].T for n in "qkv")
         q, k, v = (t.view(b, s, heads, d).transpose(1, 2) for t in (q, k, v))
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + mask, dim=-1)
@@ -71,26 +79,38 @@ def baichuan_forward(sd, cfg, tokens: torch.Tensor) -> torch.Tensor:
         x = rms(h, sd[p + "post_attention_layernorm.weight"])
         gate, up = x @ sd[p + "mlp.gate_proj.weight"].T, x @ sd[p + "mlp.up_proj.weight"].T
         h = h + (torch.nn.functional.silu(gate) * up) @ sd[p + "mlp.down_proj.weight"].T
-    return rms(h, sd["model.norm.weight"]) @ sd["lm_head.weight"].T
+    head = sd["model.embed_tokens.weight"] if cfg.get("shared_input_output_embedding") else sd["lm_head.weight"]
+    return rms(h, sd["model.norm.weight"]) @ head.T
 
 
-def _baichuan_dir(d: Path, seed: int):
+def _reference_dir(d: Path, seed: int, open_llama: bool):
+    """A Baichuan-7B or an Open-Llama checkpoint with random weights."""
     d.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
     h, f, L = SHAPE["hidden_size"], SHAPE["intermediate_size"], SHAPE["num_hidden_layers"]
     sd = {"model.embed_tokens.weight": torch.randn(VOCAB, h, generator=g) * 0.1,
-          "model.norm.weight": 1 + 0.1 * torch.randn(h, generator=g),
-          "lm_head.weight": torch.randn(VOCAB, h, generator=g) * 0.1}
+          "model.norm.weight": 1 + 0.1 * torch.randn(h, generator=g)}
+    if open_llama:
+        sd["model.embed_layer_norm.weight"] = 1 + 0.1 * torch.randn(h, generator=g)
+        sd["model.embed_layer_norm.bias"] = 0.1 * torch.randn(h, generator=g)
+        attn = [(f"self_attn.{n}_proj.weight", (h, h)) for n in "qkv"]
+    else:
+        sd["lm_head.weight"] = torch.randn(VOCAB, h, generator=g) * 0.1
+        attn = [("self_attn.W_pack.weight", (3 * h, h))]
     for i in range(L):
         p = f"model.layers.{i}."
-        for name, shape in (("self_attn.W_pack.weight", (3 * h, h)), ("self_attn.o_proj.weight", (h, h)),
+        for name, shape in (*attn, ("self_attn.o_proj.weight", (h, h)),
                             ("mlp.gate_proj.weight", (f, h)), ("mlp.up_proj.weight", (f, h)),
                             ("mlp.down_proj.weight", (h, f))):
             sd[p + name] = torch.randn(*shape, generator=g) * 0.1
         sd[p + "input_layernorm.weight"] = 1 + 0.1 * torch.randn(h, generator=g)
         sd[p + "post_attention_layernorm.weight"] = 1 + 0.1 * torch.randn(h, generator=g)
-    cfg = {"architectures": ["BaiChuanForCausalLM"], "model_type": "baichuan", "hidden_act": "silu",
-           "tie_word_embeddings": False, **SHAPE}
+    if open_llama:
+        cfg = {"architectures": ["OpenLlamaForCausalLM"], "model_type": "open-llama", "hidden_act": "silu",
+               "use_stable_embedding": True, "shared_input_output_embedding": True, **SHAPE}
+    else:
+        cfg = {"architectures": ["BaiChuanForCausalLM"], "model_type": "baichuan", "hidden_act": "silu",
+               "tie_word_embeddings": False, **SHAPE}
     (d / "config.json").write_text(json.dumps(cfg))
     from safetensors.torch import save_file
 
@@ -115,20 +135,21 @@ def converted(tmp_path_factory):
                                                         use_sliding_window=False, **SHAPE)), 3)
     qwen2.save_pretrained(root / "qwen2" / "hf")
     refs["qwen2"] = qwen2
-    baichuan = _baichuan_dir(root / "baichuan" / "hf", 4)
+    written = {"baichuan": _reference_dir(root / "baichuan" / "hf", 4, open_llama=False),
+               "open-llama": _reference_dir(root / "open-llama" / "hf", 6, open_llama=True)}
     tokens = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))
     torch.save(tokens, root / "tokens.pt")
     job = Path(__file__).with_name("convert_families_job.py")
-    proc = subprocess.run([sys.executable, str(job), str(root), *refs, "baichuan"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(job), str(root), *refs, *written], capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-5000:]
     with torch.no_grad():
         expected = {name: m(tokens).logits.float() for name, m in refs.items()}
-        expected["baichuan"] = baichuan_forward(baichuan[0], baichuan[1], tokens)
+        expected.update({name: reference_forward(sd, cfg, tokens) for name, (sd, cfg) in written.items()})
     return root, tokens, expected
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "baichuan"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "baichuan", "open-llama"])
 def test_logits_match_reference(converted, family):
     root, _, expected = converted
     got = torch.load(root / family / "logits.pt")
@@ -136,7 +157,7 @@ def test_logits_match_reference(converted, family):
     assert diff < 1e-4, f"{family}: max |logits - reference| = {diff}"
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "baichuan"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "baichuan", "open-llama"])
 def test_round_trip_same_tensors(converted, family):
     root, _, _ = converted
     src = root / family / "hf"

@@ -112,7 +112,7 @@ def test_config_translation_matches_hand_values():
     assert m == {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2,
                  "ffn_hidden_size": 96, "kv_channels": 16, "vocab_size": 256, "max_position_embeddings": 64,
                  "rotary_base": 1e6, "norm_epsilon": 1e-6, "untie_embeddings_and_output_weights": False,
-                 "add_qkv_bias": True}
+                 "add_qkv_bias": True, "use_stable_embedding": False}
 
 
 def test_qkv_packing_is_megatrons_group_order():
