@@ -2,7 +2,9 @@
 
 A HF directory holds config.json and weights as one file or shards listed in an index
 (model.safetensors[.index.json] or pytorch_model[.bin.index.json]). Tensors are read lazily (safetensors: only the
-requested tensor; .bin: torch.load with mmap), so a conversion never holds the source model in memory.
+requested tensor's bytes, with plain reads; .bin: torch.load with mmap), so a conversion never holds the source
+model in memory. (Reading safetensors through a memory map would leave every page read resident in this process
+until the file is closed: a second copy of the model in its RSS.)
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -32,6 +35,55 @@ def read_json(path: str) -> dict:
         raise ConversionError(f"{path}: missing; a HF checkpoint directory needs it") from None
     except json.JSONDecodeError as e:
         raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+_SAFE_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+
+
+class SafetensorsFile:
+    """One .safetensors file: the header is read and checked against the file size at open (a truncated file is
+    named then), each tensor is read on request into its own buffer."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if n is None or 8 + n > size:
+                raise ConversionError(f"{path}: truncated (the safetensors header runs past the end of the "
+                                      f"file); copy it again")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as e:
+                raise ConversionError(f"{path}: not a safetensors file (bad header: {e})") from None
+        header.pop("__metadata__", None)
+        self.base = 8 + n
+        self.header = header
+        for name, info in header.items():
+            if self.base + info["data_offsets"][1] > size:
+                raise ConversionError(f"{path}: truncated: tensor {name} ends at byte "
+                                      f"{self.base + info['data_offsets'][1]} of a {size}-byte file; copy it again")
+
+    def keys(self):
+        return self.header.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        info = self.header[name]
+        dtype = _SAFE_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ConversionError(f"{self.path}: tensor {name} has dtype {info['dtype']}, which is not supported")
+        start, end = info["data_offsets"]
+        if end == start:
+            return torch.empty(info["shape"], dtype=dtype)
+        buf = bytearray(end - start)
+        with open(self.path, "rb") as f:
+            f.seek(self.base + start)
+            if f.readinto(buf) != len(buf):
+                raise ConversionError(f"{self.path}: truncated while reading tensor {name}")
+        return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"])
 
 
 class HFReader:
@@ -72,11 +124,11 @@ class HFReader:
             path = os.path.join(self.directory, file)
             try:
                 if file.endswith(".safetensors"):
-                    from safetensors import safe_open
-
-                    self._open[file] = safe_open(path, framework="pt")
+                    self._open[file] = SafetensorsFile(path)
                 else:
                     self._open[file] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except ConversionError:
+                raise
             except Exception as e:  # truncated or corrupt file: name it
                 raise ConversionError(f"{path}: cannot read it ({type(e).__name__}: {e}); the file is truncated "
                                       f"or corrupt, copy it again") from None
