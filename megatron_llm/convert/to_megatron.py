@@ -116,7 +116,7 @@ def convert(src: str, out: str, tp: int = 1, pp: int = 1, vp: Optional[int] = No
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ConversionError(f"{src}: weights of dtype {dtype} (quantized?) are not supported; give float32, "
                               f"bfloat16 or float16 weights")
-    rows = padded_vocab_size(m["vocab_size"], tp)  # what a TP-`tp` run builds (default --make-vocab-size-divisible-by)
+    rows = padded_vocab_size(m["vocab_size"], tp)  # what a TP-`tp` run builds (default divisible-by)
     tmp = out.rstrip("/") + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -139,6 +139,7 @@ def convert(src: str, out: str, tp: int = 1, pp: int = 1, vp: Optional[int] = No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"[megatron-llm] converted {src} ({fam.name}) -> {out}: TP{tp} x PP{pp}"
-        f"{f' x VP{vp}' if vp else ''}, vocab {m['vocab_size']} padded to {rows}; model {model_gb:.2f} GiB, peak RSS {host_rss_gb():.2f} GiB; "
+        f"{f' x VP{vp}' if vp else ''}, vocab {m['vocab_size']} padded to {rows}; "
+        f"model {model_gb:.2f} GiB, peak RSS {host_rss_gb():.2f} GiB; "
         f"continue with: megatron-llm train --recipe {os.path.join(out, RECIPE)} --data-path ...")
     return out

@@ -13,7 +13,6 @@ import torch
 from megatron_llm.config.training import RunConfig
 
 EMBEDDING_KEY = "embedding.word_embeddings.weight"
-_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def run_config(model_fields: Dict[str, Any], tp: int = 1, pp: int = 1, vp: Optional[int] = None,
@@ -104,7 +103,3 @@ def load_weights(cfg: RunConfig, chunks: List[torch.nn.Module]) -> None:
 
     if checkpointing.load(cfg, chunks, None, None) is None:
         raise RuntimeError(f"{cfg.checkpoint.load}: no checkpoint found")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return _DTYPES[dtype]

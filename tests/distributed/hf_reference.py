@@ -3,7 +3,6 @@ saved as a HF directory, and small random models of each family from transformer
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -51,41 +50,27 @@ def kjv_text(first: int = 0, count: int = 12) -> str:
     return " ".join(lines[first:])
 
 
-def run_cli(*args: str, timeout: int = 600):
-    """`megatron-llm ARGS` in a subprocess (own process group, killed whole on timeout); returns stdout."""
-    import subprocess
+def run_cli(*args: str, timeout: int = 600) -> str:
+    """`megatron-llm ARGS` in a subprocess; returns its stdout, fails the test on a non-zero exit."""
     import sys
 
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "megatron_llm.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        out, err = proc.communicate()
-        raise AssertionError(f"megatron-llm {' '.join(args)} timed out after {timeout}s\n{err[-3000:]}")
-    assert proc.returncode == 0, f"megatron-llm {' '.join(args)}: exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
-    return out
+    from trainrun import check, run_process
+
+    proc = run_process([sys.executable, "-m", "megatron_llm.cli", *args], timeout, f"megatron-llm {args[0]}")
+    check(proc)
+    return proc.stdout
 
 
 def layout_logits(ckpt: Path, tokens: torch.Tensor, layouts: str, nproc: int, out: Path, timeout: int = 900):
     """{(tp, pp): logits} of the checkpoint at each layout (megatron_llm.inference.worker, one launch)."""
-    import subprocess
     import sys
 
+    from trainrun import check, run_process
+
     torch.save(tokens, out / "tokens.pt")
-    args = [sys.executable, "-m", "megatron_llm.inference.worker", "--load", str(ckpt), "--tokens",
-            str(out / "tokens.pt"), "--layouts", layouts, "--out", str(out / "logits"), "--nproc", str(nproc)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore"), start_new_session=True)
-    try:
-        o, e = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        o, e = proc.communicate()
-        raise AssertionError(f"logits worker timed out after {timeout}s\n{e[-3000:]}")
-    assert proc.returncode == 0, f"logits worker: exit {proc.returncode}\n{o[-2000:]}\n{e[-4000:]}"
+    check(run_process([sys.executable, "-m", "megatron_llm.inference.worker", "--load", str(ckpt), "--tokens",
+                       str(out / "tokens.pt"), "--layouts", layouts, "--out", str(out / "logits"),
+                       "--nproc", str(nproc)], timeout, "logits worker"))
     result = {}
     for item in layouts.split(","):
         tp, pp = map(int, item.split("x"))

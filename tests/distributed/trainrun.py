@@ -41,16 +41,21 @@ def train(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: i
             "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "1", "--eval-interval", "0",
             "--tensorboard-dir", str(out / "tb"), "--seed", "1234"]
     args += ["--data-path", data, "--split", "98,2,0"] if data else ["--mock-data"]
+    return run_process(args + extra, timeout, "training")
+
+
+def run_process(args: List[str], timeout: int, what: str) -> subprocess.CompletedProcess:
+    """Run `args`; its own process group is killed whole on timeout: a hung run must not leave ranks spinning on
+    the CI machine."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    # Own process group, killed whole on timeout: a hung run must not leave ranks spinning on the CI machine.
-    proc = subprocess.Popen(args + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         out, err = proc.communicate()
-        raise AssertionError(f"training timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
+        raise AssertionError(f"{what} timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
