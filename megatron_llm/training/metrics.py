@@ -51,19 +51,6 @@ def local_mem_gb(device: str) -> float:
     return (torch.cuda.max_memory_allocated() / 2 ** 30) if device == "cuda" else host_rss_gb()
 
 
-def max_over_ranks(value: float, device: str) -> float:
-    """Max of a per-rank figure over the world (one tiny all-reduce; call it on every rank, at log intervals only).
-    Pipeline stage 0 holds the most activations while the logging rank is the last stage."""
-    import torch.distributed as dist
-
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if device == "cuda":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 def drop_records_after(path: str, iteration: int) -> int:
     """Remove metrics.jsonl records of iterations after `iteration` (a killed run logged past its last checkpoint),
     so a resumed run logs every iteration once. Returns how many were dropped."""

@@ -47,9 +47,14 @@ def train_args(out: Path, data: Optional[str], nproc: int, extra: List[str], ite
 
 def train(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: int = 5,
           gbs: int = 8, mbs: int = 2, timeout: int = 300, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    args = train_args(out, data, nproc, extra, iters, gbs, mbs)
+    return run_process(train_args(out, data, nproc, extra, iters, gbs, mbs), timeout, "training", env)
+
+
+def run_process(args: List[str], timeout: int, what: str,
+                env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run `args`; its own process group is killed whole on timeout: a hung run must not leave ranks spinning on
+    the CI machine."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
-    # Own process group, killed whole on timeout: a hung run must not leave ranks spinning on the CI machine.
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
@@ -57,7 +62,7 @@ def train(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: i
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         out, err = proc.communicate()
-        raise AssertionError(f"training timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
+        raise AssertionError(f"{what} timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
