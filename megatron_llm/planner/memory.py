@@ -39,7 +39,8 @@ def layer_param_numels(m: ModelConfig, tp: int, gated_mlp: bool = True) -> List[
     h, f, d = m.hidden_size, m.ffn_hidden_size, m.head_dim
     q, kv = m.num_attention_heads * d, m.num_query_groups * d
     fc1 = (2 if gated_mlp else 1) * f
-    return [h, h * q // tp, (q + 2 * kv) // tp * h, h, fc1 // tp * h, h * f // tp]
+    qkv_bias = [(q + 2 * kv) // tp] if getattr(m, "add_qkv_bias", False) else []  # Qwen2
+    return [h, h * q // tp, (q + 2 * kv) // tp * h, *qkv_bias, h, fc1 // tp * h, h * f // tp]
 
 
 def chunk_param_numels(m: ModelConfig, layout: Layout, vocab: int, stage: int, chunk: int,
@@ -52,6 +53,8 @@ def chunk_param_numels(m: ModelConfig, layout: Layout, vocab: int, stage: int, c
     out: List[int] = []
     if first:
         out.append(vocab // layout.tp * m.hidden_size)  # word embeddings (RoPE: no position table)
+        if getattr(m, "use_stable_embedding", False):  # Open-Llama: LayerNorm weight + bias after the lookup
+            out += [m.hidden_size, m.hidden_size]
     for _ in range(layers):
         out += layer_param_numels(m, layout.tp, gated_mlp)
     if last:

@@ -36,14 +36,17 @@ def test_gpu_type_names_are_the_peak_table_keys_case_and_separators_free_plus_al
         resolve_gpu_type("x100")
 
 
-def test_chunk_parameters_add_up_to_the_model_config_count():
+@pytest.mark.parametrize("extras", [{}, {"add_qkv_bias": True, "use_stable_embedding": True}])
+def test_chunk_parameters_add_up_to_the_model_config_count(extras):
     # Over all stages (and TP ranks), the chunks hold exactly ModelConfig.num_parameters (padded vocabulary).
+    m = replace(LLAMA7B, **extras)
     lay = Layout(tp=2, pp=4, dp=1, micro_batch_size=1, vp_layers=2)
     v = padded_vocab(32000, 2)
-    total = sum(sum(chunk_param_numels(LLAMA7B, lay, v, s, c)) for s in range(4) for c in range(4)) * 2
-    # Norm weights are replicated over TP ranks (counted twice above): 2 per layer + the final norm.
-    replicated = (2 * LLAMA7B.num_layers + 1) * LLAMA7B.hidden_size
-    assert total - replicated == LLAMA7B.num_parameters(v)
+    total = sum(sum(chunk_param_numels(m, lay, v, s, c)) for s in range(4) for c in range(4)) * 2
+    # Norms are replicated over TP ranks (counted twice above): 2 per layer, the final norm, the stable
+    # embedding's LayerNorm (weight + bias); QKV biases are split like their weights.
+    replicated = (2 * m.num_layers + 1 + (2 if m.use_stable_embedding else 0)) * m.hidden_size
+    assert total - replicated == m.num_parameters(v)
 
 
 def test_buffer_layout_follows_megatron_core_padding_rules():
