@@ -111,7 +111,8 @@ def _ensure_optimizer_state(optimizer) -> None:
 
 
 def _distributed_optimizers(optimizer) -> List[Any]:
-    return [o for o in getattr(optimizer, "chained_optimizers", [optimizer]) if hasattr(o, "model_param_group_index_map")]
+    return [o for o in getattr(optimizer, "chained_optimizers", [optimizer])
+            if hasattr(o, "model_param_group_index_map")]
 
 
 def _in_buffer_coordinates(opt, state):
