@@ -1,5 +1,6 @@
 """A checkpoint trained here (TP2 x PP2, untied, GQA; no HF config recorded) converts to a HF directory that
-transformers loads as a LlamaForCausalLM giving the checkpoint's own logits."""
+transformers loads as a LlamaForCausalLM giving the checkpoint's own logits; `generate` on one process and split
+over TP2 greedy-decodes the tokens HF's generate picks."""
 
 from __future__ import annotations
 
@@ -24,3 +25,12 @@ def test_trained_tp2pp2_checkpoint_to_hf(tmp_path):
     with torch.no_grad():
         theirs = model(tokens).logits.float()
     assert (ours - theirs).abs().max().item() < 1e-4
+
+    prompt = [5, 17, 42, 7, 99, 3]
+    with torch.no_grad():
+        hf_new = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, 6:].tolist()
+    args = ["generate", "--load", str(ckpt), "--tokenizer-type", "NullTokenizer", "--prompt",
+            " ".join(map(str, prompt)), "--max-new-tokens", "12", "--ids", "--device", "cpu"]
+    for extra in ([], ["--tensor-model-parallel-size", "2"]):
+        out = run_cli(*args, *extra)
+        assert [int(x) for x in out.split()] == hf_new, (extra, out, hf_new)
