@@ -66,7 +66,8 @@ def cache_dir() -> Path:
 
 def compile_flags(with_cuda: bool, digest: str) -> dict:
     """Flags shared by setup.py and the JIT build."""
-    define = [f"-DMLLM_SOURCE_HASH=\"{digest}\""] + ([] if with_cuda else ["-DMLLM_NO_CUDA"])
+    # an identifier (stringised in bindings.cpp): quotes do not survive ninja's shell
+    define = [f"-DMLLM_SOURCE_HASH=h{digest}"] + ([] if with_cuda else ["-DMLLM_NO_CUDA"])
     flags = {"cxx": ["-O3", "-fopenmp", "-std=c++17"] + define}
     if with_cuda:
         flags["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", "-gencode=arch=compute_80,code=sm_80",
@@ -79,7 +80,7 @@ def _prebuilt(digest: str):
         mod = importlib.import_module("megatron_llm._C")
     except ImportError:
         return None
-    return mod if getattr(mod, "source_hash", lambda: "")() == digest else None
+    return mod if getattr(mod, "source_hash", lambda: "")() == f"h{digest}" else None
 
 
 def _jit(with_cuda: bool, digest: str):
