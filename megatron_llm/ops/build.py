@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-_HEADER_SUFFIXES = (".h", ".cuh")
 _lock = threading.Lock()
 _loaded: Optional[Tuple[object, str]] = None
 
@@ -51,7 +50,8 @@ def source_hash(with_cuda: bool, root: Path = CSRC) -> str:
     import torch
 
     h = hashlib.sha256(f"{torch.__version__}|cuda={with_cuda}".encode())
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".cpp", ".cu") + _HEADER_SUFFIXES)
+    suffixes = (".cpp", ".h") + ((".cu", ".cuh") if with_cuda else ())  # a CPU build ignores CUDA-only edits
+    files = sorted(p for p in root.rglob("*") if p.suffix in suffixes)
     for p in files:
         h.update(str(p.relative_to(root)).encode())
         h.update(p.read_bytes())

@@ -19,6 +19,10 @@ def test_source_hash_follows_every_source_and_header(tmp_path):
     (tmp_path / "k.cu").write_text("__global__ void k() {}")
     first = build.source_hash(False, tmp_path)
     assert build.source_hash(True, tmp_path) != first  # CUDA and CPU builds live apart
+    cuda_first = build.source_hash(True, tmp_path)
+    (tmp_path / "k.cu").write_text("__global__ void k() { }")
+    assert build.source_hash(False, tmp_path) == first  # a CUDA-only edit does not rebuild the CPU extension
+    assert build.source_hash(True, tmp_path) != cuda_first
     (tmp_path / "include" / "x.h").write_text("#pragma once\n// changed")
     assert build.source_hash(False, tmp_path) != first
     assert [p.name for p in build.sources(False, tmp_path)] == ["a.cpp"]
