@@ -47,11 +47,14 @@ def global_parameter_names(chunk: torch.nn.Module) -> Iterator[Tuple[str, torch.
             name = f"decoder.layers.{offsets[int(m.group(1))]}." + name[m.end():]
         if name == "output_layer.weight" and getattr(param, "shared_embedding", False):
             name = "embedding.word_embeddings.weight"  # tied: the last stage's copy of the embedding
-        yield name, param, dims.get(id(param))
+        yield name, param, dims.get(id(param), getattr(param, "tp_partition_dim", None))
 
 
-def _is_gated_fc1(name: str) -> bool:
-    return name.endswith("mlp.linear_fc1.weight")
+def _stacked_parts(name: str, gated: bool) -> int:
+    """How many separately sharded tensors a weight stacks: [gate; up] (gated MLP), [q; k; v; u] (TransNormer)."""
+    if gated and name.endswith("mlp.linear_fc1.weight"):
+        return 2
+    return 4 if name.endswith("self_attention.linear_qkvu.weight") else 1
 
 
 def _full_and_slice(name: str, param: torch.nn.Parameter, dim: int | None, tp_rank: int, tp: int, gated: bool):
@@ -60,13 +63,10 @@ def _full_and_slice(name: str, param: torch.nn.Parameter, dim: int | None, tp_ra
         return tuple(param.shape), lambda full: full
     shape = list(param.shape)
     shape[dim] *= tp
-    if gated and _is_gated_fc1(name):
-        # megatron-core keeps [gate_shard; up_shard] per rank: cut each half of [gate; up] separately.
-        def cut(full):
-            gate, up = full.chunk(2, dim=dim)
-            return torch.cat([gate.chunk(tp, dim=dim)[tp_rank], up.chunk(tp, dim=dim)[tp_rank]], dim=dim)
-        return tuple(shape), cut
-    return tuple(shape), lambda full: full.chunk(tp, dim=dim)[tp_rank]
+    parts = _stacked_parts(name, gated)
+    # megatron-core keeps [gate_shard; up_shard] per rank (and we keep [q_r; k_r; v_r; u_r]): cut each part.
+    return tuple(shape), lambda full: torch.cat([p.chunk(tp, dim=dim)[tp_rank] for p in full.chunk(parts, dim=dim)],
+                                                dim=dim)
 
 
 def _seed_for(seed: int, name: str) -> int:
@@ -85,6 +85,8 @@ def init_weights(chunks: List[torch.nn.Module], seed: int, std: float, num_layer
         for name, param, dim in global_parameter_names(chunk):
             # Grad-norm clipping and the optimizers read these to tell TP shards from TP duplicates.
             set_tensor_model_parallel_attributes(param, dim is not None, 0 if dim is None else dim, 1)
+            if getattr(param, "keep_module_init", False):  # set by its module, the same at every layout
+                continue
             if param.dim() == 1:
                 param.fill_(1.0 if name.endswith("weight") else 0.0)  # norm weights; biases
                 continue
