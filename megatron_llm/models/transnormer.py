@@ -28,7 +28,7 @@ from megatron_llm.config.model import LIGHTNING_BLOCK_SIZE
 from megatron_llm.config.training import RunConfig
 from megatron_llm.ops.linear_attention import layer_slopes, linear_attention
 
-SRMS_EPS = 1e-6  # the released models' SimpleRMSNorm default
+SRMS_EPS = 1e-6  # the released models' SimpleRMSNorm default (the presets' --norm-epsilon)
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,7 @@ class TokenMixer(torch.nn.Module):
                                         init_method=config.output_layer_init_method, bias=False,
                                         input_is_parallel=True, skip_bias_add=True, is_expert=False,
                                         tp_comm_buffer_name="proj")
-        index = layer_number - 1  # global, 0-based
+        index = self.layer_index = layer_number - 1  # global, 0-based
         local = slice(rank * self.local_heads, (rank + 1) * self.local_heads)
         self.register_buffer("slopes", layer_slopes(heads, index, config.num_layers)[local].float(), persistent=False)
         self.use_lrpe = index in set(lrpe_layers)
@@ -155,7 +155,7 @@ class TokenMixer(torch.nn.Module):
             q, k = apply_lrpe(q, self.theta), apply_lrpe(k, self.theta)
         o = linear_attention(q, k, v, self.slopes, "lightning", self.block_size)
         o = o.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * self.head_dim)
-        o = _tp_srms_norm(o, SRMS_EPS, self.width, self.tp_group) * u
+        o = _tp_srms_norm(o, self.config.layernorm_epsilon, self.width, self.tp_group) * u
         return self.linear_proj(o)
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
@@ -167,8 +167,12 @@ class TokenMixer(torch.nn.Module):
         out[key] = _chunked_sharded_factory(out[key], sharded_offsets, 4)
         out.update(self.linear_proj.sharded_state_dict(f"{prefix}linear_proj.", sharded_offsets, metadata))
         if self.use_lrpe:
-            out.update(make_sharded_tensors_for_checkpoint({"theta": self.theta}, prefix, {"theta": 0},
-                                                           sharded_offsets))
+            # Only some layers have LRPE, so theta cannot be one tensor stacked over the layer axis (the first of
+            # sharded_offsets when megatron-core stacks layers): one key per layer instead.
+            theta = make_sharded_tensors_for_checkpoint({"theta": self.theta}, prefix, {"theta": 0},
+                                                        sharded_offsets[1:])[f"{prefix}theta"]
+            theta.key = f"{prefix}theta_of_layer_{self.layer_index}"
+            out[f"{prefix}theta"] = theta
         return out
 
 
