@@ -145,3 +145,29 @@ def test_megatron_model_matches_reference_forward_and_hf_round_trip(tmp_path):
     m = model_config_from_hf(out["config"])
     again = megatron_to_hf(hf_to_megatron(out["hf"], m, 384), m)
     assert sorted(again) == sorted(out["hf"]) and all(torch.equal(again[k], out["hf"][k]) for k in again)
+
+
+def test_linear_attention_flops_formula_counts_the_lightning_matmuls():
+    # Independent count: torch's FlopCounterMode over the block-wise implementation (2mnk per matmul).
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from megatron_llm.config.model import LIGHTNING_BLOCK_SIZE
+    from megatron_llm.ops.linear_attention import linear_attention_lightning
+    from megatron_llm.perf import flops
+
+    m = ModelConfig(architecture="transnormer", num_layers=2, hidden_size=64, num_attention_heads=4,
+                    ffn_hidden_size=96, lrpe_layers=[0])
+    b, n = 2, 3 * LIGHTNING_BLOCK_SIZE
+    for layer, dk in ((0, 32), (1, 16)):  # layer 0 has LRPE: queries and keys twice as wide
+        q, k = torch.randn(b, 4, n, dk), torch.randn(b, 4, n, dk)
+        v = torch.randn(b, 4, n, 16)
+        with FlopCounterMode(display=False) as counter:
+            linear_attention_lightning(q, k, v, torch.full((4,), 0.1))
+        per_token = flops.layer_forward_flops(m, n, layer=layer).attention_core
+        assert counter.get_total_flops() == per_token * b * n
+    # Linear in the sequence length: per-token FLOPs stop growing once s exceeds the block.
+    short, long = (flops.training_flops_per_token(m, s, 1000) for s in (2048, 32768))
+    assert short == long
+    llama = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=96)
+    assert flops.training_flops_per_token(llama, 32768, 1000) > 4 * flops.training_flops_per_token(llama, 2048, 1000)
