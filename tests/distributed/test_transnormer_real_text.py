@@ -14,7 +14,7 @@ from trainrun import check, train
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_data_corpora import kjv_texts  # noqa: E402  (the shared real-text fixture)
 
-ITERS = 80
+ITERS = 150
 SHAPE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--num-query-groups", "4",
          "--ffn-hidden-size", "192", "--seq-length", "64", "--max-position-embeddings", "64"]
 COMMON = SHAPE + ["--tokenizer-type", "ByteTokenizer", "--lr", "3e-3", "--eval-interval", str(ITERS),
