@@ -59,8 +59,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             help_ = f.metadata.get("help", "")
             default = f.default if f.default is not dataclasses.MISSING else None
             help_ = f"{help_} (default: {default})" if help_ else None
-            if _is_bool(tp) and default:
-                # On by default (recipes may rely on it): --X and --no-X.
+            if _is_bool(tp) and (default or f.metadata.get("negatable")):
+                # On by default (recipes may rely on it), or decided at launch: --X and --no-X.
                 group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                    default=None, help=help_)
             elif _is_bool(tp):
@@ -182,6 +182,10 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(f"the interleaved schedule needs the number of micro-batches "
                           f"({gbs // (d.micro_batch_size * dp)}) to be a multiple of "
                           f"--pipeline-model-parallel-size {pp}; raise --global-batch-size")
+    if m.make_vocab_size_divisible_by < 1:
+        raise ConfigError(f"--make-vocab-size-divisible-by {m.make_vocab_size_divisible_by} must be >= 1")
+    if not cfg.launch.distributed_timeout_minutes > 0:
+        raise ConfigError(f"--distributed-timeout-minutes {cfg.launch.distributed_timeout_minutes} must be > 0")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
     if m.architecture not in ARCHITECTURES:

@@ -61,20 +61,27 @@ def initialize(cfg: RunConfig) -> DistInfo:
     else:
         torch.cuda.set_device(local_rank)
         backend = "nccl"
+    # One timeout for the world group and megatron-core's subgroups (its own default is 30 minutes): a collective
+    # that does not finish within it fails instead of hanging the job.
+    timeout_min = cfg.launch.distributed_timeout_minutes
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=10))
+                                timeout=datetime.timedelta(minutes=timeout_min))
     if device == "cuda":
         _assert_no_emulation()
 
     tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
     vp = virtual_stages(cfg)
     parallel_state.destroy_model_parallel()
+    from megatron_llm.parallel.comm_tuning import ORDER_DEFAULT, ORDER_TP_PP_DP
+
     parallel_state.initialize_model_parallel(
+        order=ORDER_TP_PP_DP if cfg.parallel.use_tp_pp_dp_mapping else ORDER_DEFAULT,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         virtual_pipeline_model_parallel_size=vp,
         create_gloo_process_groups=device == "cpu" or cfg.parallel.use_distributed_optimizer,
+        distributed_timeout_minutes=timeout_min,
     )
     dp = parallel_state.get_data_parallel_world_size()
     gbs = cfg.global_batch_size(dp)

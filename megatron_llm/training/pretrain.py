@@ -42,16 +42,16 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     from megatron_llm.models.llama import padded_vocab_size
 
     tc = transformer_config(cfg, info.device, timers=timers)
-    padded = padded_vocab_size(vocab_size, info.tp)
-    chunks = build_model_chunks(cfg, tc, padded)
-    init_weights(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
+    padded = padded_vocab_size(vocab_size, info.tp, cfg.model.make_vocab_size_divisible_by)
+    chunks = build_model_chunks(cfg, tc, padded, real_vocab_size=vocab_size)
+    init_weights(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers, vocab_size=vocab_size)
     if info.device == "cuda":
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
     p, o = cfg.parallel, cfg.optim
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=o.bf16 or o.fp16,
-        overlap_grad_reduce=p.overlap_grad_reduce,
-        overlap_param_gather=p.overlap_param_gather,
+        overlap_grad_reduce=bool(p.overlap_grad_reduce),
+        overlap_param_gather=bool(p.overlap_param_gather),
         use_distributed_optimizer=p.use_distributed_optimizer,
         bucket_size=p.ddp_bucket_size,
         average_in_collective=False,
@@ -107,8 +107,9 @@ def build_scheduler(cfg: RunConfig, optimizer, global_batch_size: int):
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Sum of token losses and the token count; the schedule divides. Reported as [sum, count] for exact
-    token-weighted averaging over micro-batches and data-parallel ranks."""
+    """Sum of token losses and the token count. With calculate_per_token_loss (models/llama.py) the schedule does
+    not divide per micro-batch: finalize_model_grads divides the gradients by the token count of the whole global
+    batch, so the gradient is that of the token-weighted mean loss, the same mean as the log's [sum, count]."""
     losses = output_tensor.float().view(-1)
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(losses * mask)
@@ -195,6 +196,20 @@ def evaluate(cfg: RunConfig, info, model, tc, valid_ds, gbs: int) -> Optional[fl
     return _reduce_loss(losses, info.device)
 
 
+def _tune_communication(cfg: RunConfig) -> None:
+    """Fill the overlap / bucket / rank-order settings the user left open, for this device and layout, and set
+    CUDA_DEVICE_MAX_CONNECTIONS before CUDA starts (parallel/comm_tuning.py); rank 0 prints every decision."""
+    from megatron_llm.parallel import comm_tuning
+    from megatron_llm.parallel.device import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world)
+    decisions = comm_tuning.decide(cfg, world, resolve_device(cfg.launch.device), gpus_per_node=per_node)
+    comm_tuning.apply(cfg, decisions)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(comm_tuning.report(decisions), flush=True)
+
+
 def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[str, Any]:
     """Run one training job on this rank. Returns a summary (losses per iteration on the logging rank)."""
     from megatron.core.num_microbatches_calculator import get_current_global_batch_size, get_num_microbatches
@@ -203,9 +218,10 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     from megatron_llm.config.arguments import validate
     from megatron_llm.training import checkpointing, signals
     from megatron_llm.training.initialize import initialize, shutdown
-    from megatron_llm.training.metrics import MetricsLogger
+    from megatron_llm.training.metrics import MetricsLogger, is_log_iteration, local_mem_gb, max_over_ranks
 
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    _tune_communication(cfg)
     info = initialize(cfg)
     timers = None
     if any(cb.wants_timers for cb in callbacks):
@@ -218,15 +234,19 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     gbs = get_current_global_batch_size()
     scheduler = build_scheduler(cfg, optimizer, gbs)
 
-    iteration, consumed = 0, 0
+    iteration, consumed, stored_data = 0, 0, None
     if cfg.checkpoint.load:
         state = checkpointing.load(cfg, model, optimizer, scheduler)
         if state is not None:
-            iteration, consumed = state["iteration"], state["consumed_samples"]
+            iteration, consumed, stored_data = state["iteration"], state["consumed_samples"], state["data"]
 
     from megatron_llm.data.gpt_datasets import build_datasets
+    from megatron_llm.training import data_order
 
-    train_ds, valid_ds, _test_ds = build_datasets(cfg, tokenizer, gbs)
+    built_for = data_order.train_samples_to_build(cfg, gbs, stored_data)
+    train_ds, valid_ds, _test_ds = build_datasets(cfg, tokenizer, gbs, train_samples=built_for)
+    if stored_data:
+        data_order.check_enough_samples(cfg, gbs, built_for, len(train_ds), cfg.checkpoint.load)
     data = _DataIterators(train_ds, consumed, cfg, len(model))
 
     ctx = TrainContext(cfg=cfg, rank=info.rank, world_size=info.world_size, device=info.device, model=model,
@@ -273,6 +293,9 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             "loss_scale": float(optimizer.get_loss_scale().item()),
             "iteration_time_s": step_time,
             "skipped": not ok,
+            # every rank takes part (a collective), at log intervals only
+            "mem_gb": max_over_ranks(local_mem_gb(info.device), info.device)
+            if is_log_iteration(cfg, iteration) else None,
         }
         if timers is not None:
             for name in list(timers._timers.keys()):
@@ -291,8 +314,9 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                 logger.error(f"iteration {iteration}: lm loss is {loss}; stopping without saving "
                              f"(check --lr, the data, and that --vocab-size matches the tokenizer)")
             exit_code = EXIT_CODE_NAN
-        do_eval = cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
-                                               or iteration == cfg.train.train_iters)
+        # A stop signal's warning window is for the checkpoint: save first, and skip the evaluation.
+        do_eval = not stop_signal and cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
+                                                                   or iteration == cfg.train.train_iters)
         if do_eval:
             val = evaluate(cfg, info, model, tc, valid_ds, gbs)
             if val is not None:
@@ -306,7 +330,8 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             stop_signal or exit_now or iteration == cfg.train.train_iters
             or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0))
         if save_now and exit_code == 0:
-            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed)
+            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed,
+                               data_state=data_order.data_state(built_for))
         if exit_code:
             break
         if stop_signal:
