@@ -17,20 +17,27 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
     return build(cfg, device, timers=timers)
 
 
-def build_model_chunks(cfg: RunConfig, tc, vocab_size: int) -> List[torch.nn.Module]:
+def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Optional[int] = None
+                       ) -> List[torch.nn.Module]:
+    """`vocab_size`: the padded vocabulary (embedding rows); `real_vocab_size`: the tokenizer's."""
     if cfg.model.architecture == "transnormer":
         from megatron_llm.models.transnormer import build_model_chunks as build
     else:
         from megatron_llm.models.llama import build_model_chunks as build
-    return build(cfg, tc, vocab_size)
+    return build(cfg, tc, vocab_size, real_vocab_size=real_vocab_size)
 
 
-def gpt_model_chunks(cfg: RunConfig, tc, vocab_size: int, layer_spec, final_norm,
-                     position_embedding_type: str, rotary_base: Optional[int] = None) -> List[torch.nn.Module]:
-    """GPTModels, one per virtual pipeline stage of this rank, from one layer spec for every layer."""
+def gpt_model_chunks(cfg: RunConfig, tc, vocab_size: int, layer_spec, final_norm, position_embedding_type: str,
+                     real_vocab_size: Optional[int] = None, rotary_base: Optional[int] = None
+                     ) -> List[torch.nn.Module]:
+    """GPTModels (padded vocabulary rows masked out of the softmax, models/llama.py), one per virtual pipeline
+    stage of this rank, from one layer spec for every layer."""
     from megatron.core import parallel_state
-    from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    from megatron_llm.models.llama import _llama_model_class
+
+    GPTModel = _llama_model_class()
 
     vp = tc.virtual_pipeline_model_parallel_size
     chunks = []
@@ -48,6 +55,7 @@ def gpt_model_chunks(cfg: RunConfig, tc, vocab_size: int, layer_spec, final_norm
             share_embeddings_and_output_weights=not cfg.model.untie_embeddings_and_output_weights,
             position_embedding_type=position_embedding_type,
             vp_stage=stage,
+            real_vocab_size=real_vocab_size or vocab_size,
             **extra,
         ))
     return chunks

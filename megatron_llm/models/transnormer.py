@@ -205,11 +205,13 @@ def _scale_embeddings(scale: float):
     return hook
 
 
-def build_model_chunks(cfg: RunConfig, tc, vocab_size: int) -> List[torch.nn.Module]:
+def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Optional[int] = None
+                       ) -> List[torch.nn.Module]:
     """One GPTModel per virtual pipeline stage held by this rank."""
     from megatron_llm.models.build import gpt_model_chunks
 
-    chunks = gpt_model_chunks(cfg, tc, vocab_size, layer_spec(cfg), SRMSNorm, position_embedding_type="none")
+    chunks = gpt_model_chunks(cfg, tc, vocab_size, layer_spec(cfg), SRMSNorm, position_embedding_type="none",
+                              real_vocab_size=real_vocab_size)
     for chunk in chunks:
         if getattr(chunk, "pre_process", False):
             chunk.embedding.register_forward_hook(_scale_embeddings(math.sqrt(cfg.model.hidden_size)))
