@@ -29,3 +29,12 @@ python -m megatron_llm.cli profile --device cuda --nproc-per-node 1 "${TINYLLAMA
   | grep -v -i "warn" >> "$OUT/profile.log"
 tail -n 5 "$OUT/profile.log"
 cat "$OUT/report/report.md" 2>/dev/null | head -n 60
+
+# ---- issue 16: TransNormerLLM (lightning attention) ----
+echo "== transnormer: lightning attention bf16 vs reference (tests/gpu/test_linear_attention_gpu.py)" \
+  | tee "$OUT/transnormer.log"
+python -m pytest -q -p no:cacheprovider tests/gpu/test_linear_attention_gpu.py 2>&1 | tail -n 5 \
+  | tee -a "$OUT/transnormer.log"
+echo "== transnormer vs llama tokens/s at seq 2k/8k/32k (bench/transnormer_throughput.py)" | tee -a "$OUT/transnormer.log"
+python bench/transnormer_throughput.py --iters 6 --out "$OUT/transnormer_throughput.md" 2>&1 | tail -n 6 \
+  | tee -a "$OUT/transnormer.log"
