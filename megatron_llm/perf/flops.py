@@ -195,9 +195,18 @@ def recompute_from_transformer_config(tc: Any, num_layer_chunks: int = 1) -> tup
     raise ValueError(f"unknown recompute_granularity {gran!r}")
 
 
-def describe_convention(attention: str = "full") -> str:
+def attention_counted(model: ModelConfig) -> str:
+    """How the token mixer enters the FLOPs, in a few words (the metrics log line)."""
+    if model.architecture == "transnormer":
+        return f"lightning linear attention counted, block {LIGHTNING_BLOCK_SIZE}"
+    return "full attention counted"
+
+
+def describe_convention(attention: str = "full", model: Optional[ModelConfig] = None) -> str:
     """One line for reports: which formula the FLOPs figures use."""
     att = ("full s x s attention counted (Megatron-LM paper convention)" if attention == "full"
            else "causal attention halved (Megatron-LM logging since core 0.15)")
+    if model is not None and model.architecture == "transnormer":
+        att = f"{attention_counted(model)} ({'whole blocks' if attention == 'full' else 'intra-block halved'})"
     return (f"model FLOPs = 3 x forward matmul FLOPs (backward = 2 x forward), {att}; "
             f"hardware FLOPs add activation recomputation; see megatron_llm/perf/flops.py")
