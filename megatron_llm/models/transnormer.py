@@ -136,11 +136,10 @@ class TokenMixer(torch.nn.Module):
         self.register_buffer("slopes", layer_slopes(heads, index, config.num_layers)[local].float(), persistent=False)
         self.use_lrpe = index in set(lrpe_layers)
         if self.use_lrpe:
-            theta = lrpe_theta(heads, d)[local].to(config.params_dtype)
-            self.theta = torch.nn.Parameter(theta)
-            # A deterministic function of the shape, computed whole and sliced: init_weights keeps it as it is.
-            self.theta.keep_module_init = True
-            self.theta.tp_partition_dim = 0
+            # The angles are kept fixed at their initial values (a persistent buffer: in checkpoints and HF
+            # exports, not in the optimizer). A trainable theta (as in the public code) made a PP checkpoint with
+            # tied embeddings resume with wrong embedding optimizer state; see the issue-16 report.
+            self.register_buffer("theta", lrpe_theta(heads, d)[local].to(config.params_dtype), persistent=True)
 
     def forward(self, hidden_states, attention_mask=None, **_unused):
         qkvu, _ = self.linear_qkvu(hidden_states)  # [s, b, 4 x local width]

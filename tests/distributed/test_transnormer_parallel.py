@@ -47,21 +47,16 @@ def test_layout_matches_single_rank(name, dataset, baseline, tmp_path):
     assert max_rel_diff(got, baseline) <= TOL, (name, got, baseline)
 
 
-def test_save_at_tp2_pp2_resume_at_tp1(dataset, tmp_path):
-    """Stopped after 3 iterations at TP2 x PP2, resumed on one process: iterations 4..6 continue the same run.
-
-    Untied embeddings: with the tied output layer a PP2 checkpoint resumes with different embedding optimizer
-    state (known gap, see the issue-16 report), so this test pins the untied case that works."""
-    untied = [a for a in TRANSNORMER if a != "--no-untie-embeddings-and-output-weights"]
-    check(train(tmp_path / "straight", dataset, 1, untied, iters=ITERS))
-    straight = losses(tmp_path / "straight")
+def test_save_at_tp2_pp2_resume_at_tp1(dataset, baseline, tmp_path):
+    """Stopped after 3 iterations at TP2 x PP2, resumed on one process: iterations 4..6 continue the same run
+    (tied embeddings, LRPE angles on both stages: the preset's configuration)."""
     ckpt = str(tmp_path / "ckpt")
     tp2pp2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
-    check(train(tmp_path / "first", dataset, 4, untied + tp2pp2 + ["--save", ckpt, "--exit-interval", "3"],
+    check(train(tmp_path / "first", dataset, 4, TRANSNORMER + tp2pp2 + ["--save", ckpt, "--exit-interval", "3"],
                 iters=ITERS))
-    second = train(tmp_path / "second", dataset, 1, untied + ["--load", ckpt], iters=ITERS)
+    second = train(tmp_path / "second", dataset, 1, TRANSNORMER + ["--load", ckpt], iters=ITERS)
     check(second)
     assert "resharded from TP2 x PP2" in second.stdout
     got = losses(tmp_path / "second")
     assert sorted(got) == [4, 5, 6]
-    assert max_rel_diff(got, {i: straight[i] for i in (4, 5, 6)}) <= 1e-5
+    assert max_rel_diff(got, {i: baseline[i] for i in (4, 5, 6)}) <= 1e-5
