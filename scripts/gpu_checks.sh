@@ -30,6 +30,18 @@ python -m megatron_llm.cli profile --device cuda --nproc-per-node 1 "${TINYLLAMA
 tail -n 5 "$OUT/profile.log"
 cat "$OUT/report/report.md" 2>/dev/null | head -n 60
 
+# ---------------------------------------------------------------------------------------------------------------
+# Step (issue 14): planner memory model vs measured peak memory, tinyllama-1.1b at MBS 1/2/4, with and without
+# full recomputation (within 10%); table in $OUT/planner_memory.log, rows in $OUT/planner_memory/planner_memory.json.
+echo "== planner memory: predicted vs measured peak (bench/planner_memory_gpu.py)" | tee "$OUT/planner_memory.log"
+python bench/planner_memory_gpu.py --out "$OUT/planner_memory" 2>&1 | grep -v -i "warn" | tee -a "$OUT/planner_memory.log"
+echo "== planner calibration on this GPU (plan --calibrate)" | tee -a "$OUT/planner_memory.log"
+MEGATRON_LLM_HOME="$OUT" python -m megatron_llm.cli plan --calibrate 2>&1 | tee -a "$OUT/planner_memory.log"
+echo "== topology of this machine (megatron-llm topo; nvidia-smi topo -m kept as a fixture candidate)" | tee "$OUT/topo.log"
+nvidia-smi topo -m > "$OUT/nvidia_smi_topo.txt" 2>&1
+python -m megatron_llm.cli topo 2>&1 | tee -a "$OUT/topo.log"
+python -m megatron_llm.cli topo --json > "$OUT/topo.json" 2>>"$OUT/topo.log"
+
 # ---- issue 16: TransNormerLLM (lightning attention) ----
 echo "== transnormer: lightning attention bf16 vs reference (tests/gpu/test_linear_attention_gpu.py)" \
   | tee "$OUT/transnormer.log"

@@ -86,7 +86,10 @@ def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, dp_rank
         start = idx + dp_rank * micro_batch_size
         samples = [dataset[(start + k) % n] for k in range(micro_batch_size)]
         idx += step
-        yield collate(samples)
+        batch = collate(samples)
+        # where in the global sample stream these are (sample accounting across restarts and DP changes)
+        batch["sample_position"] = torch.arange(start, start + micro_batch_size)
+        yield batch
 
 
 def collate(samples: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:
