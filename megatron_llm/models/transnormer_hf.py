@@ -18,7 +18,7 @@ can use it on gathered weights.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from megatron_llm.config.model import ModelConfig
 
@@ -71,11 +71,40 @@ def hf_config_from_model(m: ModelConfig) -> Dict[str, Any]:
     }
 
 
+VOCAB_TENSORS = ("embedding.word_embeddings.weight", "output_layer.weight")
+
+
+def tensor_pairs(m: ModelConfig) -> List[Tuple[str, Tuple[str, ...]]]:
+    """(our tensor, the HF tensors it is made of, stacked along dim 0), in HF's order. The tied lm_head is not
+    listed: it is the embedding."""
+    pairs = [("embedding.word_embeddings.weight", ("model.embed_tokens.weight",))]
+    lrpe = set(m.lrpe_layers or [])
+    for i in range(m.num_layers):
+        ours, hf = f"decoder.layers.{i}.", f"model.layers.{i}."
+        pairs.append((ours + "self_attention.linear_qkvu.weight", (hf + "token_mixer.qkvu_proj.weight",)))
+        pairs.append((ours + "self_attention.linear_proj.weight", (hf + "token_mixer.out_proj.weight",)))
+        if i in lrpe:
+            pairs.append((ours + "self_attention.theta", (hf + "token_mixer.lrpe.theta",)))
+        pairs.append((ours + "mlp.linear_fc1.weight", (hf + "channel_mixer.l1.weight", hf + "channel_mixer.l2.weight")))
+        pairs.append((ours + "mlp.linear_fc2.weight", (hf + "channel_mixer.l3.weight",)))
+    if m.untie_embeddings_and_output_weights:
+        pairs.append(("output_layer.weight", ("lm_head.weight",)))
+    return pairs
+
+
+def join(parts):
+    import torch
+
+    return parts[0].clone() if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def split(t, n: int):
+    return [p.clone() for p in t.chunk(n, dim=0)] if n > 1 else [t.clone()]
+
+
 def _pad_rows(t, rows: int):
     if t.shape[0] > rows:
         raise HFLayoutError(f"vocabulary of {t.shape[0]} rows does not fit the padded model's {rows}")
-    if t.shape[0] == rows:
-        return t.clone()
     out = t.new_zeros((rows,) + tuple(t.shape[1:]))
     out[: t.shape[0]] = t
     return out
@@ -83,43 +112,24 @@ def _pad_rows(t, rows: int):
 
 def hf_to_megatron(hf_sd: Dict[str, Any], m: ModelConfig, padded_vocab: int) -> Dict[str, Any]:
     """HF state dict -> our whole-model state dict (vocabulary rows zero-padded to `padded_vocab`)."""
-    import torch
-
     def take(key):
         if key not in hf_sd:
             raise HFLayoutError(f"checkpoint has no tensor {key!r}")
         return hf_sd[key]
 
-    out = {"embedding.word_embeddings.weight": _pad_rows(take("model.embed_tokens.weight"), padded_vocab)}
-    lrpe = set(m.lrpe_layers or [])
-    for i in range(m.num_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        out[dst + "self_attention.linear_qkvu.weight"] = take(src + "token_mixer.qkvu_proj.weight").clone()
-        out[dst + "self_attention.linear_proj.weight"] = take(src + "token_mixer.out_proj.weight").clone()
-        if i in lrpe:
-            out[dst + "self_attention.theta"] = take(src + "token_mixer.lrpe.theta").clone()
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat([take(src + "channel_mixer.l1.weight"),
-                                                        take(src + "channel_mixer.l2.weight")], dim=0)
-        out[dst + "mlp.linear_fc2.weight"] = take(src + "channel_mixer.l3.weight").clone()
-    if m.untie_embeddings_and_output_weights:
-        out["output_layer.weight"] = _pad_rows(take("lm_head.weight"), padded_vocab)
+    out = {}
+    for ours, names in tensor_pairs(m):
+        t = join([take(n) for n in names])
+        out[ours] = _pad_rows(t, padded_vocab) if ours in VOCAB_TENSORS else t
     return out
 
 
 def megatron_to_hf(sd: Dict[str, Any], m: ModelConfig) -> Dict[str, Any]:
     """Our whole-model state dict -> the HF layout (padding rows dropped; lm_head = the embedding when tied)."""
-    v = m.vocab_size
-    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:v].clone()}
-    lrpe = set(m.lrpe_layers or [])
-    for i in range(m.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        out[dst + "token_mixer.qkvu_proj.weight"] = sd[src + "self_attention.linear_qkvu.weight"].clone()
-        out[dst + "token_mixer.out_proj.weight"] = sd[src + "self_attention.linear_proj.weight"].clone()
-        if i in lrpe:
-            out[dst + "token_mixer.lrpe.theta"] = sd[src + "self_attention.theta"].clone()
-        l1, l2 = sd[src + "mlp.linear_fc1.weight"].chunk(2, dim=0)
-        out[dst + "channel_mixer.l1.weight"], out[dst + "channel_mixer.l2.weight"] = l1.clone(), l2.clone()
-        out[dst + "channel_mixer.l3.weight"] = sd[src + "mlp.linear_fc2.weight"].clone()
-    head = sd["output_layer.weight"] if m.untie_embeddings_and_output_weights else sd["embedding.word_embeddings.weight"]
-    out["lm_head.weight"] = head[:v].clone()
+    out = {}
+    for ours, names in tensor_pairs(m):
+        t = sd[ours][: m.vocab_size] if ours in VOCAB_TENSORS else sd[ours]
+        out.update(zip(names, split(t, len(names))))
+    if not m.untie_embeddings_and_output_weights:
+        out["lm_head.weight"] = out["model.embed_tokens.weight"].clone()
     return out
