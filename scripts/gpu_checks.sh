@@ -41,3 +41,12 @@ echo "== topology of this machine (megatron-llm topo; nvidia-smi topo -m kept as
 nvidia-smi topo -m > "$OUT/nvidia_smi_topo.txt" 2>&1
 python -m megatron_llm.cli topo 2>&1 | tee -a "$OUT/topo.log"
 python -m megatron_llm.cli topo --json > "$OUT/topo.json" 2>>"$OUT/topo.log"
+
+# ---- issue 16: TransNormerLLM (lightning attention) ----
+echo "== transnormer: lightning attention bf16 vs reference (tests/gpu/test_linear_attention_gpu.py)" \
+  | tee "$OUT/transnormer.log"
+python -m pytest -q -p no:cacheprovider tests/gpu/test_linear_attention_gpu.py 2>&1 | tail -n 5 \
+  | tee -a "$OUT/transnormer.log"
+echo "== transnormer vs llama tokens/s at seq 2k/8k/32k (bench/transnormer_throughput.py)" | tee -a "$OUT/transnormer.log"
+python bench/transnormer_throughput.py --iters 6 --out "$OUT/transnormer_throughput.md" 2>&1 | tail -n 6 \
+  | tee -a "$OUT/transnormer.log"

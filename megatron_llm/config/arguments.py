@@ -195,6 +195,15 @@ def validate(cfg: RunConfig, world_size: int) -> None:
     if m.architecture not in ARCHITECTURES:
         raise ConfigError(f"--architecture {m.architecture!r} is not implemented; choose one of "
                           f"{', '.join(ARCHITECTURES)}")
+    if m.architecture == "transnormer":
+        if m.num_query_groups != m.num_attention_heads:
+            raise ConfigError(f"--architecture transnormer has one key/value head per query head: drop "
+                              f"--num-query-groups {m.num_query_groups} (or set it to {m.num_attention_heads})")
+        bad = [i for i in m.lrpe_layers or [] if not 0 <= i < m.num_layers]
+        if bad:
+            raise ConfigError(f"--lrpe-layers {' '.join(map(str, bad))}: layers are numbered 0..{m.num_layers - 1}")
+    elif m.lrpe_layers:
+        raise ConfigError("--lrpe-layers applies to --architecture transnormer only")
     if not d.mock_data:
         if not d.data_path:
             raise ConfigError("--data-path is required (or --mock-data for synthetic tokens)")

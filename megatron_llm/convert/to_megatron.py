@@ -49,6 +49,7 @@ def _recipe(m: Dict[str, Any], tp: int, pp: int, vp: Optional[int], dtype: torch
                                            "max_position_embeddings", "rotary_base", "norm_epsilon",
                                            "untie_embeddings_and_output_weights", "add_qkv_bias",
                                            "use_stable_embedding")}
+    r.update({k: m[k] for k in ("architecture", "lrpe_layers") if k in m})  # TransNormerLLM
     r.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
              load=os.path.abspath(out), finetune=True)
     if vp:
@@ -67,7 +68,7 @@ def _recipe(m: Dict[str, Any], tp: int, pp: int, vp: Optional[int], dtype: torch
 
 def _fill(model: torch.nn.Module, fam, m: Dict[str, Any], reader: HFReader) -> None:
     """Copy every parameter from the HF tensors, checking each shape; the padded vocabulary rows are zero."""
-    params = dict(model.named_parameters())
+    params = families.weight_tensors(model)
     filled = set()
     read: List[str] = []  # the HF tensors behind the current parameter, for messages
 

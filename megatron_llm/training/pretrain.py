@@ -39,7 +39,8 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megatron_llm.models.init import init_weights
-    from megatron_llm.models.llama import build_model_chunks, padded_vocab_size, transformer_config
+    from megatron_llm.models.build import build_model_chunks, transformer_config
+    from megatron_llm.models.llama import padded_vocab_size
 
     tc = transformer_config(cfg, info.device, timers=timers)
     padded = padded_vocab_size(vocab_size, info.tp, cfg.model.make_vocab_size_divisible_by)
