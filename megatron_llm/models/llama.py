@@ -7,7 +7,7 @@ from typing import List, Optional
 import torch
 
 from megatron_llm.config.training import RunConfig
-from megatron_llm.models.norms import RMSNorm
+from megatron_llm.models import impl as impl_mod
 
 
 def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
@@ -16,11 +16,21 @@ def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
+def transformer_impl(cfg: RunConfig, device: Optional[str] = None) -> str:
+    """The --transformer-impl this run builds (resolved for the device when not given)."""
+    from megatron_llm.parallel.device import resolve_device
+
+    return impl_mod.resolve_transformer_impl(cfg.impl.transformer_impl, device or resolve_device(cfg.launch.device))
+
+
 def transformer_config(cfg: RunConfig, device: str, timers=None):
     """megatron-core TransformerConfig for a Llama-family model."""
     from megatron.core.transformer import TransformerConfig
 
     m, p, o = cfg.model, cfg.parallel, cfg.optim
+    impl = transformer_impl(cfg, device)
+    fusions, _ = impl_mod.fusion_fields(impl, cfg.impl, device)
+    impl_mod.prepare(impl, fusions)
     dtype = torch.bfloat16 if o.bf16 else torch.float16 if o.fp16 else torch.float32
     vl = p.num_layers_per_virtual_pipeline_stage
     tc = TransformerConfig(
@@ -48,12 +58,11 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
         params_dtype=dtype,
         bf16=o.bf16,
         fp16=o.fp16,
-        # megatron-core's local attention asks apex for the fused softmax; we do not require apex.
-        masked_softmax_fusion=False,
-        bias_activation_fusion=False,
+        # Fusions per --transformer-impl and the per-op switches (models/impl.py).
+        **fusions,
+        **impl_mod.recompute_fields(cfg.impl),
+        transformer_impl="transformer_engine" if impl == "transformer_engine" else "local",
         bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         # Weights are initialised by init_weights() below, identically for any TP/PP layout.
         perform_initialization=False,
@@ -64,28 +73,20 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
     return tc
 
 
-def layer_spec():
-    """megatron-core's local spec with our RMSNorm (it supports sequence parallelism, torch's wrapper does not)."""
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    spec.submodules.input_layernorm = RMSNorm
-    spec.submodules.pre_mlp_layernorm = RMSNorm
-    return spec
-
-
-def block_spec(tc, vp_stage: Optional[int]):
+def block_spec(tc, vp_stage: Optional[int], impl: str = "local"):
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     n = get_num_layers_to_build(tc, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[layer_spec()] * n, layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[impl_mod.layer_spec(impl)] * n,
+                                      layer_norm=impl_mod.final_norm(impl))
 
 
-def build_model_chunks(cfg: RunConfig, tc, vocab_size: int) -> List[torch.nn.Module]:
+def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, impl: Optional[str] = None) -> List[torch.nn.Module]:
     """One GPTModel per virtual pipeline stage held by this rank (one chunk without interleaving)."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
+    impl = impl or transformer_impl(cfg)
     vp = tc.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vp or 1):
@@ -94,7 +95,7 @@ def build_model_chunks(cfg: RunConfig, tc, vocab_size: int) -> List[torch.nn.Mod
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
         model = GPTModel(
             config=tc,
-            transformer_layer_spec=block_spec(tc, stage),
+            transformer_layer_spec=block_spec(tc, stage, impl),
             vocab_size=vocab_size,
             max_sequence_length=cfg.model.max_position_embeddings,
             pre_process=pre,
