@@ -70,19 +70,35 @@ def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int):
     return BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
 
 
+class _MicroBatchIndices:
+    """Endless batch sampler: the sample indices of this DP rank's micro-batches from ``consumed_samples`` on."""
+
+    def __init__(self, n: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.n, self.idx, self.mbs, self.rank, self.step = n, consumed_samples, micro_batch_size, dp_rank, \
+            micro_batch_size * dp_size
+
+    def __iter__(self):
+        while True:
+            start = self.idx + self.rank * self.mbs
+            yield [(start + k) % self.n for k in range(self.mbs)]
+            self.idx += self.step
+
+
 def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
-                  ) -> Iterator[Dict[str, torch.Tensor]]:
-    """Endless stream of this DP rank's micro-batches, starting at ``consumed_samples`` (global sample index)."""
+                  num_workers: int = 0, pin_memory: bool = False) -> Iterator[Dict[str, torch.Tensor]]:
+    """Endless stream of this DP rank's micro-batches, starting at ``consumed_samples`` (global sample index).
+
+    With num_workers > 0, DataLoader worker processes read and collate batches ahead of the step (prefetching
+    2 each) and pin_memory puts them in page-locked memory, so the step's non_blocking host-to-device copies
+    overlap compute. Same batches, same order, whatever the worker count."""
     if dataset is None:
-        return
-    n = len(dataset)
-    step = micro_batch_size * dp_size
-    idx = consumed_samples
-    while True:
-        start = idx + dp_rank * micro_batch_size
-        samples = [dataset[(start + k) % n] for k in range(micro_batch_size)]
-        idx += step
-        yield collate(samples)
+        return iter(())
+    from torch.utils.data import DataLoader
+
+    sampler = _MicroBatchIndices(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                        pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
+    return iter(loader)
 
 
 def collate(samples: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:

@@ -68,11 +68,8 @@ def fusion_fields(impl: str, flags: ImplConfig, device: str) -> Tuple[Dict[str, 
                   cross_entropy_fusion_impl="native",
                   gradient_accumulation_fusion=flags.gradient_accumulation_fusion and cuda)
     if not cuda:
-        off += [f"{name}: the local implementation runs unfused on CPU"
-                for name, on in (("masked softmax fusion", flags.masked_softmax_fusion),
-                                 ("bias SwiGLU fusion", flags.bias_swiglu_fusion),
-                                 ("cross entropy fusion", flags.cross_entropy_loss_fusion),
-                                 ("gradient accumulation fusion", flags.gradient_accumulation_fusion)) if on]
+        return fields, ["all fusions: the local implementation runs unfused on CPU (--transformer-impl fused "
+                        "runs ours)"]
     if flags.rope_fusion:
         off.append("RoPE fusion: megatron-core's needs Transformer Engine; --transformer-impl fused has ours")
     return fields, off
@@ -128,3 +125,15 @@ def final_norm(impl: str):
     from megatron_llm.models.norms import RMSNorm
 
     return RMSNorm
+
+
+def describe(flags: ImplConfig, device: str) -> str:
+    """One start-up line: the implementation, the fusions on, and why asked-for ones are off."""
+    impl = resolve_transformer_impl(flags.transformer_impl, device)
+    fields, off = fusion_fields(impl, flags, device)
+    on = [k for k, v in fields.items() if v is True]
+    rec = flags.recompute_granularity or "none"
+    if flags.recompute_granularity == "full":
+        rec += f" ({flags.recompute_method}, {flags.recompute_num_layers} layers)"
+    line = f"--transformer-impl {impl}: fusions on: {', '.join(on) or 'none'}; recompute: {rec}"
+    return line + (f"; off: {'; '.join(off)}" if off else "")
