@@ -18,6 +18,9 @@ VERBS = {
     "profile": ("megatron_llm.cli.profile", "measure throughput, MFU and GPU telemetry of a training config"),
     "submit": ("megatron_llm.launch.submit_cli", "write and submit a Slurm batch job for a training run"),
     "jobs": ("megatron_llm.launch.jobs_cli", "list this user's Slurm runs and their state"),
+    "ops": ("megatron_llm.cli.ops", "list the fused ops, the implementation each runs with and why"),
+    "plan": ("megatron_llm.cli.plan", "predict memory, step time and MFU of parallel layouts; rank them"),
+    "topo": ("megatron_llm.cli.topo", "show this node's GPUs, NVLink/PCIe, NUMA, HCAs, interfaces (and the allocation)"),
 }
 
 

@@ -36,5 +36,11 @@ def main(argv: List[str]) -> int:
         from megatron_llm.training import worker
 
         return worker.main(argv)
+    if device == "cuda":  # this node's NCCL / CUDA variables, decided once, inherited by the ranks
+        from megatron_llm.parallel.comm_env import export_node_env
+        from megatron_llm.parallel.comm_tuning import report
+
+        print(report(export_node_env(cfg, cfg.launch.nproc_per_node, device, cfg.launch.nproc_per_node)),
+              flush=True)
     return run_workers("megatron_llm.training.worker", argv, cfg.launch.nproc_per_node, cfg.launch.master_addr,
                        cfg.launch.master_port, cpu=device == "cpu")

@@ -59,8 +59,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             help_ = f.metadata.get("help", "")
             default = f.default if f.default is not dataclasses.MISSING else None
             help_ = f"{help_} (default: {default})" if help_ else None
-            if _is_bool(tp) and default:
-                # On by default (recipes may rely on it): --X and --no-X.
+            if _is_bool(tp) and (default or f.metadata.get("negatable")):
+                # On by default (recipes may rely on it), or decided at launch: --X and --no-X.
                 group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                    default=None, help=help_)
             elif _is_bool(tp):

@@ -20,9 +20,21 @@ class ParallelConfig:
         None, "layers per virtual stage: enables the interleaved 1F1B schedule")
     sequence_parallel: bool = _f(False, "shard LayerNorm/dropout activations along the sequence (needs TP > 1)")
     use_distributed_optimizer: bool = _f(True, "shard optimizer state across data-parallel ranks (ZeRO-1)")
-    overlap_grad_reduce: bool = _f(False, "overlap data-parallel gradient reduce with backward")
-    overlap_param_gather: bool = _f(False, "overlap distributed-optimizer parameter all-gather with forward")
-    ddp_bucket_size: Optional[int] = _f(None, "gradient bucket size in elements (None: megatron-core's default)")
+    # None = decided at launch by parallel/comm_tuning.py (printed with its reason); a flag given always wins.
+    overlap_grad_reduce: Optional[bool] = _f(
+        None, "overlap data-parallel gradient reduce with backward (None: on for GPU runs with DP > 1)",
+        negatable=True)
+    overlap_param_gather: Optional[bool] = _f(
+        None, "overlap distributed-optimizer parameter all-gather with forward (None: with overlap_grad_reduce)",
+        negatable=True)
+    overlap_p2p_communication: Optional[bool] = _f(
+        None, "overlap pipeline send/recv with compute in the interleaved schedule (None: on for GPU runs with "
+        "--num-layers-per-virtual-pipeline-stage)", negatable=True)
+    ddp_bucket_size: Optional[int] = _f(
+        None, "gradient bucket size in elements (None: max(40M, 1M x DP) with overlap, one bucket without)")
+    use_tp_pp_dp_mapping: Optional[bool] = _f(
+        None, "rank order tp-pp-dp (data parallel outermost) instead of megatron-core's tp-dp-pp (None: on for "
+        "GPU runs with PP > 1 and DP > 1)", negatable=True)
 
 
 @dataclass

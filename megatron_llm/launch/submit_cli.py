@@ -122,8 +122,9 @@ def build_elements(train_args: List[str], run_dir: str, axes) -> List[Element]:
     return elements
 
 
-def validate_train_args(args: List[str], world: int, check_files: bool) -> None:
-    """The same checks `megatron-llm train` makes, for nodes x GPUs ranks — before anything is submitted."""
+def validate_train_args(args: List[str], world: int, check_files: bool):
+    """The same checks `megatron-llm train` makes, for nodes x GPUs ranks — before anything is submitted.
+    Returns the run's config."""
     from megatron_llm.config.arguments import ConfigError, build_config, parse_run_args, validate
     from megatron_llm.data.input_checks import check_input_files
 
@@ -135,6 +136,7 @@ def validate_train_args(args: List[str], world: int, check_files: bool) -> None:
             check_input_files(cfg, world)
     except ConfigError as e:
         raise SubmitError(f"{e} (world size = --nodes x --gpus-per-node = {world})") from None
+    return cfg
 
 
 def known_partitions() -> Optional[List[str]]:
@@ -193,8 +195,7 @@ def _main(opts, train_args: List[str], argv: List[str]) -> int:
     run_dir = os.path.abspath(opts.run_dir or os.path.join(
         "runs", f"{_slug(os.path.basename(name))}-{datetime.datetime.now():%Y%m%d-%H%M%S}"))
     elements = build_elements(train_args, run_dir, axes)
-    for el in elements:
-        validate_train_args(el.train_args, world, check_files=not opts.dry_run)
+    configs = [validate_train_args(el.train_args, world, check_files=not opts.dry_run) for el in elements]
     if not opts.dry_run:
         check_cluster(opts.partition)
 
@@ -207,6 +208,10 @@ def _main(opts, train_args: List[str], argv: List[str]) -> int:
                    max_restarts=opts.max_restarts,
                    # what submits this job again: without --dry-run and --script (where this copy was written)
                    submit_command=["megatron-llm", "submit", *_without(_without(argv, "--dry-run"), "--script")])
+    from megatron_llm.launch.comm_env_script import write_comm_env
+
+    for el, cfg in zip(elements, configs):  # sourced by the script before the ranks start
+        write_comm_env(el.run_dir, cfg, job.python, world, opts.gpus_per_node, device)
     script = os.path.abspath(opts.script or os.path.join(run_dir, "submit.sbatch"))
     os.makedirs(os.path.dirname(script), exist_ok=True)
     atomic_write_text(script, render(job))

@@ -54,6 +54,9 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
         virtual_pipeline_model_parallel_size=(m.num_layers // (p.pipeline_model_parallel_size * vl)
                                               if vl else None),
         sequence_parallel=p.sequence_parallel,
+        # p2p overlap exists for the interleaved schedule; it excludes batched p2p (megatron-core's rule).
+        overlap_p2p_comm=bool(p.overlap_p2p_communication) and vl is not None,
+        batch_p2p_comm=not (bool(p.overlap_p2p_communication) and vl is not None),
         pipeline_dtype=dtype,
         params_dtype=dtype,
         bf16=o.bf16,

@@ -13,12 +13,13 @@ from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from megatron_llm.perf import flops as flops_mod
-from megatron_llm.perf.peaks import resolve_peak, training_dtype
+from megatron_llm.perf.peaks import resolve_peak
 from megatron_llm.perf.throughput import host_rss_gb
 from megatron_llm.profiling.report import ProfileMeta, timer_values, write_report
 from megatron_llm.profiling.telemetry import TelemetrySampler, aggregate, sampler_for_rank
 from megatron_llm.profiling.trace import TraceWindow
 from megatron_llm.training.callbacks import TrainCallback, TrainContext
+from megatron_llm.training.metrics import training_dtype
 
 MAX_PLOT_SAMPLES = 4000  # per rank; the sampler may run for a long warm-up, the plot needs no more
 
@@ -92,9 +93,7 @@ class ProfilerCallback(TrainCallback):
         chunks = len(ctx.model) if isinstance(ctx.model, (list, tuple)) else 1
         recompute, recompute_layers = flops_mod.recompute_from_transformer_config(tc, chunks * pp) if tc is not None \
             else ("none", None)
-        import torch
-
-        dtype = training_dtype(cfg.optim.bf16, cfg.optim.fp16, allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        dtype = training_dtype(cfg)
         device_name = self.device_name or self._device_name(ctx.device)
         peak = resolve_peak(ctx.device, device_name, dtype, cfg.logging.gpu_peak_tflops)
         shape = {k: getattr(m, k) for k in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",

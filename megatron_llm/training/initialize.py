@@ -70,7 +70,10 @@ def initialize(cfg: RunConfig) -> DistInfo:
     tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
     vp = virtual_stages(cfg)
     parallel_state.destroy_model_parallel()
+    from megatron_llm.parallel.comm_tuning import ORDER_DEFAULT, ORDER_TP_PP_DP
+
     parallel_state.initialize_model_parallel(
+        order=ORDER_TP_PP_DP if cfg.parallel.use_tp_pp_dp_mapping else ORDER_DEFAULT,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         virtual_pipeline_model_parallel_size=vp,

@@ -49,8 +49,8 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     p, o = cfg.parallel, cfg.optim
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=o.bf16 or o.fp16,
-        overlap_grad_reduce=p.overlap_grad_reduce,
-        overlap_param_gather=p.overlap_param_gather,
+        overlap_grad_reduce=bool(p.overlap_grad_reduce),
+        overlap_param_gather=bool(p.overlap_param_gather),
         use_distributed_optimizer=p.use_distributed_optimizer,
         bucket_size=p.ddp_bucket_size,
         average_in_collective=False,
@@ -201,6 +201,20 @@ def evaluate(cfg: RunConfig, info, model, tc, valid_ds, gbs: int) -> Optional[fl
     return _reduce_loss(losses, info.device)
 
 
+def _tune_communication(cfg: RunConfig) -> None:
+    """Fill the overlap / bucket / rank-order settings the user left open, for this device and layout, and set
+    CUDA_DEVICE_MAX_CONNECTIONS before CUDA starts (parallel/comm_tuning.py); rank 0 prints every decision."""
+    from megatron_llm.parallel import comm_tuning
+    from megatron_llm.parallel.device import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world)
+    decisions = comm_tuning.decide(cfg, world, resolve_device(cfg.launch.device), gpus_per_node=per_node)
+    comm_tuning.apply(cfg, decisions)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(comm_tuning.report(decisions), flush=True)
+
+
 def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[str, Any]:
     """Run one training job on this rank. Returns a summary (losses per iteration on the logging rank)."""
     from megatron.core.num_microbatches_calculator import get_current_global_batch_size, get_num_microbatches
@@ -212,6 +226,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     from megatron_llm.training.metrics import MetricsLogger
 
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    _tune_communication(cfg)
     info = initialize(cfg)
     timers = None
     if any(cb.wants_timers for cb in callbacks):

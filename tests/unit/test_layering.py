@@ -19,6 +19,8 @@ FORBIDDEN = {  # importer package -> packages it must never import
     "config": {"data", "models", "ops", "parallel", "training", "launch", "profiling", "cli", "perf"},
     "training": {"profiling", "launch", "cli"},
     "launch": {"training", "profiling", "models", "ops", "cli"},
+    # The planner runs on login nodes: arithmetic over config + perf only (calibrate.py imports torch lazily).
+    "planner": {"training", "launch", "profiling", "cli", "models", "data", "ops", "parallel"},
 }
 
 

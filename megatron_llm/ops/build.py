@@ -1,0 +1,137 @@
+"""Finding and building the csrc/ extension.
+
+Two ways in: the module `pip install -e .` compiled into the package (megatron_llm._C), used when it was built from
+the sources now in csrc/ (its compiled-in source hash matches), else a JIT build with torch.utils.cpp_extension into
+a cache directory keyed by that hash (~/.cache/megatron_llm/ext, or $MEGATRON_LLM_EXT_DIR), so a build happens once
+per source version and machine. Every csrc/**/*.cpp is compiled; csrc/**/*.cu too when torch has CUDA and a CUDA
+toolkit is found (a kernel added under csrc/ needs no registration here). MEGATRON_LLM_NO_EXT=1 disables it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+_HEADER_SUFFIXES = (".h", ".cuh")
+_lock = threading.Lock()
+_loaded: Optional[Tuple[object, str]] = None
+
+
+def disabled() -> bool:
+    return os.environ.get("MEGATRON_LLM_NO_EXT", "") not in ("", "0")
+
+
+def sources(with_cuda: bool, root: Path = CSRC) -> List[Path]:
+    files = sorted(root.rglob("*.cpp"))
+    if with_cuda:
+        files += sorted(root.rglob("*.cu"))
+    return files
+
+
+def cuda_buildable() -> Tuple[bool, str]:
+    """Whether the JIT build can include the .cu kernels: torch built with CUDA and nvcc found."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if torch.version.cuda is None:
+        return False, "torch is a CPU build"
+    if cpp_extension.CUDA_HOME is None:
+        return False, "no CUDA toolkit (CUDA_HOME) found"
+    return True, f"torch CUDA {torch.version.cuda}, toolkit {cpp_extension.CUDA_HOME}"
+
+
+def source_hash(with_cuda: bool, root: Path = CSRC) -> str:
+    """Hash of every source and header under csrc/, torch's version and the CUDA choice."""
+    import torch
+
+    h = hashlib.sha256(f"{torch.__version__}|cuda={with_cuda}".encode())
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".cpp", ".cu") + _HEADER_SUFFIXES)
+    for p in files:
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("MEGATRON_LLM_EXT_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "megatron_llm",
+                                                                  "ext")
+    return Path(base)
+
+
+def compile_flags(with_cuda: bool, digest: str) -> dict:
+    """Flags shared by setup.py and the JIT build."""
+    define = [f"-DMLLM_SOURCE_HASH=\"{digest}\""] + ([] if with_cuda else ["-DMLLM_NO_CUDA"])
+    flags = {"cxx": ["-O3", "-fopenmp", "-std=c++17"] + define}
+    if with_cuda:
+        flags["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", "-gencode=arch=compute_80,code=sm_80",
+                         "-gencode=arch=compute_90,code=sm_90"] + define
+    return {"extra_compile_args": flags, "include_dirs": [str(CSRC / "include"), str(CSRC)]}
+
+
+def _prebuilt(digest: str):
+    try:
+        mod = importlib.import_module("megatron_llm._C")
+    except ImportError:
+        return None
+    return mod if getattr(mod, "source_hash", lambda: "")() == digest else None
+
+
+def _jit(with_cuda: bool, digest: str):
+    from torch.utils import cpp_extension
+
+    build_dir = cache_dir() / digest
+    build_dir.mkdir(parents=True, exist_ok=True)
+    flags = compile_flags(with_cuda, digest)
+    if not any(build_dir.glob("*.so")):
+        print(f"megatron_llm: building the csrc extension ({'CPU + CUDA' if with_cuda else 'CPU'}) into {build_dir} "
+              "(once per source version)", file=sys.stderr, flush=True)
+    return cpp_extension.load(
+        name=f"mllm_{digest}", sources=[str(s) for s in sources(with_cuda)], build_directory=str(build_dir),
+        extra_cflags=flags["extra_compile_args"]["cxx"], extra_cuda_cflags=flags["extra_compile_args"].get("nvcc"),
+        extra_include_paths=flags["include_dirs"], extra_ldflags=["-fopenmp"], with_cuda=with_cuda, verbose=False)
+
+
+def load() -> Tuple[Optional[object], str]:
+    """(extension module or None, why) — built or loaded once per process."""
+    global _loaded
+    if disabled():
+        return None, "MEGATRON_LLM_NO_EXT is set"
+    with _lock:
+        if _loaded is None:
+            _loaded = _load_uncached()
+        return _loaded
+
+
+def _load_uncached() -> Tuple[Optional[object], str]:
+    if not CSRC.is_dir():
+        mod = _try_import_any()
+        return (mod, "prebuilt megatron_llm._C") if mod else (None, f"no csrc/ sources at {CSRC} and no prebuilt "
+                                                                     "extension")
+    with_cuda, _ = cuda_buildable()
+    digest = source_hash(with_cuda)
+    mod = _prebuilt(digest)
+    if mod is not None:
+        return mod, "prebuilt megatron_llm._C (pip install)"
+    try:
+        return _jit(with_cuda, digest), f"JIT build cached in {cache_dir() / digest}"
+    except Exception as exc:  # no compiler, a broken toolkit: the torch reference still runs
+        return None, f"extension build failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]})"
+
+
+def _try_import_any():
+    try:
+        return importlib.import_module("megatron_llm._C")
+    except ImportError:
+        return None
+
+
+def reset_for_tests() -> None:
+    global _loaded
+    with _lock:
+        _loaded = None

@@ -1,0 +1,53 @@
+"""Shared by the ops tests: run a case on each implementation (the torch reference, forced with
+MEGATRON_LLM_NO_EXT=1, and the extension's C++ CPU kernels) and compare values and gradients."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import pytest
+import torch
+
+from megatron_llm.ops import build
+
+BACKENDS = ("torch",)  # "ext" joins when csrc/ lands
+
+# fp32 accumulation in both, differences come from the output rounding: a couple of ulps of the dtype
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10),
+       torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=2e-3, rtol=2e-3)}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """'torch': the reference path; 'ext': the C++ CPU kernels, which must build (a failed build fails the test)."""
+    build.reset_for_tests()
+    if request.param == "torch":
+        monkeypatch.setenv("MEGATRON_LLM_NO_EXT", "1")
+    else:
+        monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
+        ext, why = build.load()
+        assert ext is not None, f"the csrc extension did not build: {why}"
+    yield request.param
+    build.reset_for_tests()
+
+
+def leaves(*tensors: torch.Tensor):
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def compare(fn: Callable, expected_fn: Callable, inputs: Sequence[torch.Tensor], dtype: torch.dtype, seed: int = 0):
+    """fn(*inputs) against expected_fn(*inputs): outputs (one tensor or a tuple) and the gradients of every input
+    that requires grad, for the same random upstream gradients."""
+    a, b = leaves(*inputs), leaves(*inputs)
+    out_a, out_b = fn(*a), expected_fn(*b)
+    out_a = out_a if isinstance(out_a, tuple) else (out_a,)
+    out_b = out_b if isinstance(out_b, tuple) else (out_b,)
+    gen = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(o.shape, generator=gen).to(o.dtype) for o in out_b]
+    for x, y in zip(out_a, out_b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        torch.testing.assert_close(x, y, **TOL[dtype])
+    torch.autograd.backward(out_a, grads)
+    torch.autograd.backward(out_b, grads)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.grad, y.grad, **TOL[dtype])
