@@ -104,8 +104,9 @@ def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warm
         peak = tflops / mfu  # the trainer's own peak for this device and dtype
     mem = max((r.get("mem_gb") or 0.0) for r in measured) if device == "cuda" else None
     row = figures(model, seq, mbs, [r["iteration_time_s"] for r in measured], mem, peak)
-    # cross-check: the trainer's tokens/s over the same iterations
-    row["trainer_tokens_per_s"] = sum(r["tokens_per_s"] for r in measured) / len(measured)
+    # cross-check: the trainer's own per-iteration tokens/s, combined over the same iterations (harmonic mean:
+    # total tokens over total time)
+    row["trainer_tokens_per_s"] = len(measured) / sum(1.0 / r["tokens_per_s"] for r in measured)
     return row
 
 

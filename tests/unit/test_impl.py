@@ -105,3 +105,42 @@ def test_recompute_flags_reach_megatron_core():
     import json
 
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"none": 0, "selective": 2, "full": 2}
+
+
+def test_fused_impl_builds_sdpa_and_our_ops_into_the_model():
+    """The fused spec really is in the model: SDPA core attention, ops' RMSNorm, and our RoPE/SwiGLU/CE in
+    megatron-core's fusion slots with its switches on."""
+    code = textwrap.dedent('''
+        import os
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29745")
+        from megatron_llm.config.arguments import build_config
+        from megatron_llm.training.initialize import initialize
+        from megatron_llm.models.llama import build_model_chunks, transformer_config
+        from megatron_llm.models import fused_spec
+        from megatron_llm.models.sdpa_attention import SDPACoreAttention
+        from megatron_llm.ops.modules import RMSNorm as OpsRMSNorm
+        from megatron.core.models.common.embeddings import rope_utils
+        from megatron.core.transformer import mlp
+        from megatron.core.models.common.language_module import language_module
+        cfg = build_config({"device": "cpu", "mock_data": True, "num_layers": 2, "hidden_size": 32,
+                            "num_attention_heads": 2, "vocab_size": 128, "seq_length": 16,
+                            "max_position_embeddings": 16, "transformer_impl": "fused",
+                            "cross_entropy_loss_fusion": True})
+        initialize(cfg)
+        tc = transformer_config(cfg, "cpu")
+        assert tc.apply_rope_fusion and tc.bias_activation_fusion and tc.cross_entropy_loss_fusion
+        assert not tc.gradient_accumulation_fusion  # CUDA only
+        model = build_model_chunks(cfg, tc, 128)[0]
+        layers = model.decoder.layers
+        assert all(isinstance(l.self_attention.core_attention, SDPACoreAttention) for l in layers)
+        assert all(isinstance(l.input_layernorm, OpsRMSNorm) and isinstance(l.pre_mlp_layernorm, OpsRMSNorm)
+                   for l in layers)
+        assert isinstance(model.decoder.final_layernorm, OpsRMSNorm)
+        assert rope_utils.fused_apply_rotary_pos_emb is fused_spec._rope
+        assert mlp.bias_swiglu_impl is fused_spec._bias_swiglu
+        assert language_module.fused_vocab_parallel_cross_entropy is fused_spec._vocab_parallel_cross_entropy
+        print("fused ok")
+    ''')
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "fused ok" in proc.stdout, proc.stderr[-3000:]
