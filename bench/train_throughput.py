@@ -165,31 +165,11 @@ def run_hf(compiled: bool, tiny: bool, device: str, mbs: int, iters: int, warmup
 # ---- per-op microbenchmarks --------------------------------------------------------------------------------------
 
 def _eager_ops():
-    """Plain-torch baselines (what an unfused model runs), in the argument layout of megatron_llm.ops."""
-    import torch
+    """Plain-torch baselines (what an unfused model runs): megatron_llm.ops' own torch references."""
+    from megatron_llm.ops import reference
 
-    def rms_norm(x, w, eps=1e-5):
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * w.float()).to(x.dtype)
-
-    def rope(t, freqs):
-        d = freqs.shape[-1]
-        t_rot, rest = t[..., :d], t[..., d:]
-        x1, x2 = t_rot.chunk(2, dim=-1)
-        rotated = torch.cat((-x2, x1), dim=-1)
-        out = t_rot * freqs.cos().to(t.dtype) + rotated * freqs.sin().to(t.dtype)
-        return torch.cat((out, rest), dim=-1) if rest.numel() else out
-
-    def swiglu(x):
-        a, b = x.chunk(2, dim=-1)
-        return torch.nn.functional.silu(a) * b
-
-    def cross_entropy(logits, target):
-        s, b, v = logits.shape
-        return torch.nn.functional.cross_entropy(logits.float().view(-1, v), target.view(-1),
-                                                 reduction="none").view(s, b)
-
-    return {"rms_norm": rms_norm, "rope": rope, "swiglu": swiglu, "cross_entropy": cross_entropy}
+    return {"rms_norm": lambda x, w: reference.rms_norm(x, w, 1e-5), "rope": reference.rope,
+            "swiglu": reference.swiglu, "cross_entropy": reference.cross_entropy}
 
 
 def _op_inputs(tiny: bool, device: str):
@@ -259,7 +239,7 @@ def run_op_benchmarks(tiny: bool, device: str, compile_: bool, reps: int) -> Lis
     try:
         from megatron_llm import ops
 
-        ours = {"rms_norm": ops.rms_norm, "rope": ops.rope, "swiglu": ops.swiglu,
+        ours = {"rms_norm": lambda x, w: ops.rms_norm(x, w, 1e-5), "rope": ops.rope, "swiglu": ops.swiglu,
                 "cross_entropy": ops.vocab_parallel_cross_entropy}
         ours_error = None
     except (ImportError, AttributeError) as e:
