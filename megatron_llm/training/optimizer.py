@@ -71,35 +71,46 @@ def torch_optimizers(optimizer) -> List[torch.optim.Optimizer]:
     return found
 
 
-def _steps_on_param_device(opt, args, kwargs) -> None:
-    """The fused kernel keeps Adam's step counter on the parameter's device; a state loaded from a checkpoint (or
-    created by megatron-core's init_state_fn) may have it on the host or missing. A device check, no sync."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = opt.state.get(p)
-            if not state:
+def _kernel_flags(device: str) -> dict:
+    return {"fused": True, "foreach": False} if device == "cuda" else {"fused": False, "foreach": True}
+
+
+def _keep_kernel_choice(device: str):
+    """A step pre-hook: loading a checkpoint replaces the param groups (their fused/foreach flags come from the run
+    that saved) and may leave Adam's step counters on the host or missing; the fused kernel needs them on the
+    parameter's device. Restores both before every step: dict lookups and device checks, no sync."""
+    flags = _kernel_flags(device)
+
+    def hook(opt, args, kwargs) -> None:
+        for group in opt.param_groups:
+            group.update(flags)
+            if not flags["fused"]:
                 continue
-            step = state.get("step")
-            if step is None:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            elif not isinstance(step, torch.Tensor) or step.device != p.device:
-                state["step"] = torch.as_tensor(step, dtype=torch.float32).to(p.device)
+            for p in group["params"]:
+                state = opt.state.get(p)
+                if not state:
+                    continue  # first step: torch creates the counter where the kernel wants it
+                step = state.get("step")
+                if step is None:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                elif not isinstance(step, torch.Tensor) or step.device != p.device:
+                    state["step"] = torch.as_tensor(step, dtype=torch.float32).to(p.device)
+
+    return hook
 
 
 def use_fused_adamw(optimizer, device: str) -> int:
-    """Switch torch AdamW/Adam inside `optimizer` to the fused kernel (CUDA) or the foreach path (CPU); returns
-    how many torch optimizers were switched. Other optimizers (SGD, TE/apex FusedAdam) are left as they are."""
+    """Switch torch AdamW/Adam inside `optimizer` to the fused kernel (CUDA) or the foreach path (CPU), also after
+    a checkpoint load; returns how many torch optimizers were switched. Other optimizers (SGD, TE/apex FusedAdam)
+    are left as they are."""
     switched = 0
     for opt in torch_optimizers(optimizer):
         if not isinstance(opt, (torch.optim.AdamW, torch.optim.Adam)):
             continue
         for group in opt.param_groups:
-            if device == "cuda":
-                group["fused"], group["foreach"] = True, False
-            else:
-                group["fused"], group["foreach"] = False, True
+            group.update(_kernel_flags(device))
         if device == "cuda":
             opt._step_supports_amp_scaling = True  # what torch's constructor sets for fused=True
-            opt.register_step_pre_hook(_steps_on_param_device)
+        opt.register_step_pre_hook(_keep_kernel_choice(device))
         switched += 1
     return switched

@@ -72,3 +72,32 @@ def test_install_replaces_only_megatron_local_fallbacks():
     """)
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_kernel_choice_survives_a_state_dict_load():
+    """A checkpoint saved by a run with other flags (here: a per-tensor loop) must not switch the kernel back, and
+    the fused kernel's step counters are put on the parameter's device (CPU here) as floats."""
+    p = torch.nn.Parameter(torch.ones(3))
+    saved_opt = torch.optim.AdamW([p], lr=0.1, foreach=False)
+    p.grad = torch.ones(3)
+    saved_opt.step()
+    state = saved_opt.state_dict()
+
+    q = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([q], lr=0.1)
+
+    class Wrapper:
+        optimizer = opt
+
+    opt_mod.use_fused_adamw(Wrapper(), "cpu")
+    opt.load_state_dict(state)
+    assert opt.param_groups[0]["foreach"] is False  # as saved
+    q.grad = torch.ones(3)
+    opt.step()
+    assert opt.param_groups[0]["foreach"] is True and opt.param_groups[0]["fused"] is False
+    hook = opt_mod._keep_kernel_choice("cuda")  # the CUDA rule on CPU tensors: counters moved, not dropped
+    opt.state[q]["step"] = 5.0
+    hook(opt, (), {})
+    assert opt.param_groups[0]["fused"] is True
+    step = opt.state[q]["step"]
+    assert isinstance(step, torch.Tensor) and step.dtype == torch.float32 and float(step) == 5.0
