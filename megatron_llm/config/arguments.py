@@ -182,6 +182,10 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(f"the interleaved schedule needs the number of micro-batches "
                           f"({gbs // (d.micro_batch_size * dp)}) to be a multiple of "
                           f"--pipeline-model-parallel-size {pp}; raise --global-batch-size")
+    if m.make_vocab_size_divisible_by < 1:
+        raise ConfigError(f"--make-vocab-size-divisible-by {m.make_vocab_size_divisible_by} must be >= 1")
+    if not cfg.launch.distributed_timeout_minutes > 0:
+        raise ConfigError(f"--distributed-timeout-minutes {cfg.launch.distributed_timeout_minutes} must be > 0")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
     validate_recompute(cfg)

@@ -20,6 +20,8 @@ class ModelConfig:
     ffn_hidden_size: Optional[int] = None  # None: Llama's rule, 2/3 * 4h rounded up to a multiple of 256
     kv_channels: Optional[int] = None  # head dim; None: hidden / heads
     vocab_size: Optional[int] = None  # None: taken from the tokenizer
+    make_vocab_size_divisible_by: int = field(default=128, metadata={
+        "help": "pad the vocabulary to a multiple of this x TP (padded rows are masked out of the softmax)"})
     max_position_embeddings: int = 2048
     rotary_base: float = 10000.0
     norm_epsilon: float = 1e-5

@@ -136,6 +136,8 @@ class LaunchConfig:
     device: Optional[str] = _f(None, "cuda | cpu (default: cuda when available)", choices=("cuda", "cpu"))
     master_addr: str = _f("127.0.0.1", "rendezvous address (when not launched by torchrun/srun)")
     master_port: Optional[int] = _f(None, "rendezvous port (None: a free port)")
+    distributed_timeout_minutes: float = _f(
+        10, "minutes a collective may wait before failing (torch.distributed and megatron-core process groups)")
 
 
 @dataclass

@@ -39,7 +39,9 @@ class DatasetTokenizerView:
                                    "eod": self.eod}
 
 
-def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int):
+def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int, train_samples: Optional[int] = None):
+    """train_samples: build the training index for this many samples instead of --train-iters x GBS (a resumed
+    run keeps the sample order its checkpoint was trained with; megatron-core's shuffle depends on the count)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
@@ -62,6 +64,8 @@ def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int):
     )
     cls = MockGPTDataset if d.mock_data else GPTDataset
     sizes = dataset_sizes(cfg, global_batch_size)
+    if train_samples is not None:
+        sizes[0] = train_samples
     if config.split_matrix is not None:
         # Skip the splits nothing is drawn from: megatron-core would otherwise build them, and loops forever on
         # one that has no documents (e.g. the 0.1% test split of a small corpus).

@@ -55,7 +55,7 @@ def combine_exit_codes(codes: List[int], requeue_code: int) -> int:
 
 def run_workers(module: str, argv: List[str], nproc: int, master_addr: str = "127.0.0.1",
                 master_port: Optional[int] = None, cpu: bool = False, grace_s: float = 30.0) -> int:
-    from megatron_llm.exit_codes import EXIT_CODE_REQUEUE
+    from megatron_llm.exit_codes import EXIT_CODE_CONFIG, EXIT_CODE_REQUEUE
 
     port = master_port or free_port(master_addr)
     procs = [subprocess.Popen([sys.executable, "-m", module, *argv],
@@ -74,8 +74,9 @@ def run_workers(module: str, argv: List[str], nproc: int, master_addr: str = "12
             if failed_at is None and any(c not in (None, 0, EXIT_CODE_REQUEUE) for c in codes):
                 failed_at = time.monotonic()
                 bad = [r for r, c in enumerate(codes) if c not in (None, 0, EXIT_CODE_REQUEUE)]
-                print(f"[megatron-llm] rank {bad[0]} exited with {codes[bad[0]]}; stopping the other ranks",
-                      file=sys.stderr, flush=True)
+                if codes[bad[0]] != EXIT_CODE_CONFIG:  # a configuration error was reported by the rank itself
+                    print(f"[megatron-llm] rank {bad[0]} exited with {codes[bad[0]]}; stopping the other ranks",
+                          file=sys.stderr, flush=True)
                 for p in procs:
                     if p.poll() is None:
                         p.terminate()

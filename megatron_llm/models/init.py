@@ -73,8 +73,14 @@ def _seed_for(seed: int, name: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 62)
 
 
+VOCAB_WEIGHTS = ("embedding.word_embeddings.weight", "output_layer.weight")
+
+
 @torch.no_grad()
-def init_weights(chunks: List[torch.nn.Module], seed: int, std: float, num_layers: int, gated: bool = True) -> None:
+def init_weights(chunks: List[torch.nn.Module], seed: int, std: float, num_layers: int, gated: bool = True,
+                 vocab_size: int | None = None) -> None:
+    """`vocab_size`: the real (unpadded) vocabulary. The embedding and output rows beyond it (TP-dependent padding)
+    start at zero and, their logits being masked, get no gradient: they stay zero, whatever the TP."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
@@ -91,6 +97,7 @@ def init_weights(chunks: List[torch.nn.Module], seed: int, std: float, num_layer
             full_shape, cut = _full_and_slice(name, param, dim, tp_rank, tp, gated)
             gen = torch.Generator(device=param.device).manual_seed(_seed_for(seed, name))
             sigma = out_std if name.endswith(("linear_proj.weight", "linear_fc2.weight")) else std
-            full = torch.empty(full_shape, dtype=torch.float32, device=param.device).normal_(0.0, sigma,
-                                                                                           generator=gen)
+            rows = full_shape[0] if vocab_size is None or name not in VOCAB_WEIGHTS else vocab_size
+            full = torch.zeros(full_shape, dtype=torch.float32, device=param.device)
+            full[:rows].normal_(0.0, sigma, generator=gen)
             param.copy_(cut(full).to(param.dtype))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional
 
 import torch
@@ -11,7 +12,9 @@ from megatron_llm.models import impl as impl_mod
 
 
 def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
-    """Megatron pads the vocabulary so every TP shard is a multiple of `divisible_by` rows (GEMM-friendly)."""
+    """Megatron pads the vocabulary so every TP shard is a multiple of `divisible_by` rows (GEMM-friendly,
+    --make-vocab-size-divisible-by x TP as in Megatron-LM). The padding depends on TP, so the padded rows must never
+    matter: their logits are masked (mask_padded_logits) and their weights start and stay zero."""
     multiple = divisible_by * tp
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
@@ -21,6 +24,19 @@ def transformer_impl(cfg: RunConfig, device: Optional[str] = None) -> str:
     from megatron_llm.parallel.device import resolve_device
 
     return impl_mod.resolve_transformer_impl(cfg.impl.transformer_impl, device or resolve_device(cfg.launch.device))
+
+
+def mask_padded_logits(logits: torch.Tensor, vocab_size: int, vocab_start: int = 0) -> torch.Tensor:
+    """Logits whose last dim holds vocabulary entries [vocab_start, vocab_start + n), with the entries at or beyond
+    the real `vocab_size` (padding rows) set to -inf, so that no softmax, loss or sampler ever gives them mass.
+    Pass vocab_start = tp_rank * partition size for a vocab-parallel shard, 0 for gathered logits. Returns the
+    input itself when it holds no padding."""
+    n = logits.size(-1)
+    first_padded = vocab_size - vocab_start
+    if first_padded >= n:
+        return logits
+    padded = torch.arange(n, device=logits.device) >= max(first_padded, 0)
+    return logits.masked_fill(padded, float("-inf"))
 
 
 def transformer_config(cfg: RunConfig, device: str, timers=None):
@@ -71,6 +87,9 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
         perform_initialization=False,
         use_cpu_initialization=device == "cpu",
         deallocate_pipeline_outputs=True,
+        # The loss func returns (sum, token count): gradients are scaled by the global batch's token count in
+        # finalize_model_grads, so the gradient is that of the token-weighted mean the log reports.
+        calculate_per_token_loss=True,
         timers=timers,
     )
     return tc
@@ -84,11 +103,45 @@ def block_spec(tc, vp_stage: Optional[int], impl: str = "local"):
                                       layer_norm=impl_mod.final_norm(impl))
 
 
-def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, impl: Optional[str] = None) -> List[torch.nn.Module]:
-    """One GPTModel per virtual pipeline stage held by this rank (one chunk without interleaving)."""
-    from megatron.core import parallel_state
+@functools.lru_cache(maxsize=None)
+def _llama_model_class():
+    """Defined on first use: megatron-core is imported only once the process is set up (CPU emulation first)."""
     from megatron.core.models.gpt import GPTModel
 
+    class LlamaModel(GPTModel):
+        """GPTModel whose padded vocabulary rows never take part in the softmax: masked in the loss (on every TP
+        rank's vocab shard, before vocab-parallel cross entropy) and in the logits it returns without labels."""
+
+        def __init__(self, *args, real_vocab_size: int, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.real_vocab_size = real_vocab_size
+
+        def _vocab_start(self, logits: torch.Tensor) -> int:
+            if logits.size(-1) == self.vocab_size:  # gathered over TP (or TP1)
+                return 0
+            return self.pg_collection.tp.rank() * logits.size(-1)
+
+        def compute_language_model_loss(self, labels, logits):
+            logits = mask_padded_logits(logits, self.real_vocab_size, self._vocab_start(logits))
+            return super().compute_language_model_loss(labels, logits)
+
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            if self.post_process and kwargs.get("labels") is None and len(args) < 5:
+                out = mask_padded_logits(out, self.real_vocab_size, self._vocab_start(out))
+            return out
+
+    return LlamaModel
+
+
+def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Optional[int] = None,
+                       impl: Optional[str] = None) -> List[torch.nn.Module]:
+    """One model per virtual pipeline stage held by this rank (one chunk without interleaving). `vocab_size` is
+    the padded vocabulary (the embedding's rows), `real_vocab_size` the tokenizer's (default: no padding); `impl`
+    the --transformer-impl (default: resolved from the config for its device)."""
+    from megatron.core import parallel_state
+
+    GPTModel = _llama_model_class()
     impl = impl or transformer_impl(cfg)
     vp = tc.virtual_pipeline_model_parallel_size
     chunks = []
@@ -107,6 +160,7 @@ def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, impl: Optional[str] 
             position_embedding_type="rope",
             rotary_base=int(cfg.model.rotary_base),
             vp_stage=stage,
+            real_vocab_size=real_vocab_size or vocab_size,
         )
         chunks.append(model)
     return chunks

@@ -48,10 +48,14 @@ def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
     return getattr(m, "module", m)  # the GPTModel inside megatron-core's DDP wrapper
 
 
+def model_keys(num_chunks: int) -> List[str]:
+    """State-dict keys of the model chunks, in chunk order (Megatron-LM's names: 'model', or 'model0'..'model{n-1}').
+    Chunks are matched to these by position, never by sorting the names ('model10' sorts before 'model2')."""
+    return ["model"] if num_chunks == 1 else [f"model{i}" for i in range(num_chunks)]
+
+
 def _model_sharded_state_dict(model: List[torch.nn.Module]) -> Dict[str, Any]:
-    if len(model) == 1:
-        return {"model": _unwrap(model[0]).sharded_state_dict()}
-    return {f"model{i}": _unwrap(m).sharded_state_dict() for i, m in enumerate(model)}
+    return {key: _unwrap(m).sharded_state_dict() for key, m in zip(model_keys(len(model)), model)}
 
 
 def _layout() -> Dict[str, int]:
@@ -59,6 +63,22 @@ def _layout() -> Dict[str, int]:
 
     return {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
             "dp": ps.get_data_parallel_world_size()}
+
+
+def _vocab(model) -> Dict[str, int]:
+    """The real vocabulary and this layout's padding of it (TP-dependent; the padded rows are masked and zero, so
+    a checkpoint loads at any TP: megatron-core fills or drops the difference in padded rows)."""
+    m = _unwrap(model[0])
+    return {"vocab_size": int(getattr(m, "real_vocab_size", m.vocab_size)), "padded_vocab_size": int(m.vocab_size)}
+
+
+def _check_vocab(path: str, stored: Optional[Dict[str, int]], model) -> None:
+    here = _vocab(model)["vocab_size"]
+    if stored is not None and stored["vocab_size"] != here:
+        from megatron_llm.config.arguments import ConfigError
+
+        raise ConfigError(f"--load {path}: the checkpoint's vocabulary has {stored['vocab_size']} entries, this "
+                          f"run's {here}; use the tokenizer and --vocab-size it was trained with")
 
 
 def _rng_sharded_object(is_loading: bool):
@@ -121,21 +141,25 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     if with_optim:
         if is_loading:
             _ensure_optimizer_state(optimizer)
-        merged = {}
-        for v in sd.values():
-            merged.update(v)
-        sd["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=is_loading, metadata=OPTIM_METADATA)
+        # The chunks' state dicts stay nested per chunk: their local keys repeat across chunks (each chunk has its
+        # own 'decoder.layers.0...'), so merging them into one dict dropped all but the last chunk's parameters and
+        # the optimizer's lookup by parameter failed with virtual stages (Megatron-LM passes the nested dict too).
+        model_sd = {k: sd[k] for k in model_keys(len(model))}
+        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
         sd["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         sd["rng_state"] = _rng_sharded_object(is_loading)
     sd["iteration"] = iteration
     sd["consumed_samples"] = consumed
     sd["layout"] = _layout()
+    sd["vocab"] = _vocab(model)
     sd["format_version"] = FORMAT_VERSION
     return sd
 
 
-def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int) -> str:
+def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int,
+         data_state: Optional[Dict[str, int]] = None) -> str:
+    """data_state: what the training data order was built with (data_order.py), restored by load()."""
     from megatron.core import dist_checkpointing
 
     root = cfg.checkpoint.save
@@ -149,6 +173,7 @@ def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: 
     dist.barrier()
     sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
                      iteration=iteration, consumed=consumed)
+    sd["data"] = dict(data_state or {})
     dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
     dist.barrier()
     if rank == 0:
@@ -176,12 +201,13 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
     if common.get("format_version") != FORMAT_VERSION:
         raise RuntimeError(f"{path}: checkpoint format {common.get('format_version')} is not "
                            f"{FORMAT_VERSION}; it was not written by this version of megatron-llm")
+    _check_vocab(path, common.get("vocab"), model)
     same_layout = {k: common["layout"][k] for k in ("tp", "pp")} == {k: _layout()[k] for k in ("tp", "pp")}
     with_optim = not (cfg.checkpoint.no_load_optim or cfg.checkpoint.finetune)
     with_rng = same_layout and not (cfg.checkpoint.no_load_rng or cfg.checkpoint.finetune)
     sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=True, with_optim=with_optim, with_rng=with_rng)
     loaded = dist_checkpointing.load(sd, path)
-    for key, m in zip(sorted(k for k in loaded if k.startswith("model")), model):
+    for key, m in zip(model_keys(len(model)), model):
         _unwrap(m).load_state_dict(loaded[key])
     if with_optim:
         _load_optimizer_state(optimizer, loaded["optimizer"])
@@ -198,5 +224,6 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
         note = "" if same_layout else f" (resharded from TP{common['layout']['tp']} x PP{common['layout']['pp']})"
         print(f"[megatron-llm] loaded checkpoint {path}{note}", flush=True)
     if cfg.checkpoint.finetune:
-        return {"iteration": 0, "consumed_samples": 0}
-    return {"iteration": int(common["iteration"]), "consumed_samples": int(common["consumed_samples"])}
+        return {"iteration": 0, "consumed_samples": 0, "data": {}}
+    return {"iteration": int(common["iteration"]), "consumed_samples": int(common["consumed_samples"]),
+            "data": dict(common.get("data") or {})}

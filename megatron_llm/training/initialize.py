@@ -61,9 +61,12 @@ def initialize(cfg: RunConfig) -> DistInfo:
     else:
         torch.cuda.set_device(local_rank)
         backend = "nccl"
+    # One timeout for the world group and megatron-core's subgroups (its own default is 30 minutes): a collective
+    # that does not finish within it fails instead of hanging the job.
+    timeout_min = cfg.launch.distributed_timeout_minutes
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=10))
+                                timeout=datetime.timedelta(minutes=timeout_min))
     if device == "cuda":
         _assert_no_emulation()
 
@@ -78,6 +81,7 @@ def initialize(cfg: RunConfig) -> DistInfo:
         pipeline_model_parallel_size=pp,
         virtual_pipeline_model_parallel_size=vp,
         create_gloo_process_groups=device == "cpu" or cfg.parallel.use_distributed_optimizer,
+        distributed_timeout_minutes=timeout_min,
     )
     dp = parallel_state.get_data_parallel_world_size()
     gbs = cfg.global_batch_size(dp)

@@ -44,6 +44,28 @@ def peak_tflops(cfg: RunConfig, device: str) -> Optional[float]:
     return resolve_peak(device, name, training_dtype(cfg), cfg.logging.gpu_peak_tflops).tflops
 
 
+def local_mem_gb(device: str) -> float:
+    """This rank's peak memory: GPU memory allocated on CUDA, resident host memory on CPU."""
+    return (torch.cuda.max_memory_allocated() / 2 ** 30) if device == "cuda" else host_rss_gb()
+
+
+def max_over_ranks(value: float, device: str) -> float:
+    """Max of a per-rank figure over the world (one tiny all-reduce; call it on every rank, at log intervals only).
+    Pipeline stage 0 holds the most activations while the logging rank is the last stage."""
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        if device == "cuda":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def is_log_iteration(cfg: RunConfig, iteration: int) -> bool:
+    return iteration % cfg.train.log_interval == 0 or iteration == cfg.train.train_iters
+
+
 class MetricsLogger:
     def __init__(self, cfg: RunConfig, info, vocab_size: int) -> None:
         self.cfg = cfg
@@ -81,10 +103,11 @@ class MetricsLogger:
             flops_per_iteration=self.flops_per_iteration,
             tflops=tp.tflops_per_gpu,
             mfu=tp.mfu,
-            mem_gb=(torch.cuda.max_memory_allocated() / 2 ** 30) if self.device == "cuda" else host_rss_gb(),
+            # the trainer passes the max over ranks at log intervals; between them this rank's own figure
+            mem_gb=m["mem_gb"] if m.get("mem_gb") is not None else local_mem_gb(self.device),
         )
         self.skipped += int(bool(m.get("skipped")))
-        if iteration % self.cfg.train.log_interval == 0 or iteration == self.cfg.train.train_iters:
+        if is_log_iteration(self.cfg, iteration):
             self._print_line(iteration, m)
             self._write(iteration, {k: m.get(k) for k in (
                 "iteration", "lm_loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "flops_per_iteration",

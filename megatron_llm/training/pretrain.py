@@ -41,9 +41,9 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     from megatron_llm.models.llama import build_model_chunks, padded_vocab_size, transformer_config
 
     tc = transformer_config(cfg, info.device, timers=timers)
-    padded = padded_vocab_size(vocab_size, info.tp)
-    chunks = build_model_chunks(cfg, tc, padded)
-    init_weights(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers)
+    padded = padded_vocab_size(vocab_size, info.tp, cfg.model.make_vocab_size_divisible_by)
+    chunks = build_model_chunks(cfg, tc, padded, real_vocab_size=vocab_size)
+    init_weights(chunks, cfg.train.seed, cfg.model.init_method_std, cfg.model.num_layers, vocab_size=vocab_size)
     if info.device == "cuda":
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
     p, o = cfg.parallel, cfg.optim
@@ -110,8 +110,9 @@ def build_scheduler(cfg: RunConfig, optimizer, global_batch_size: int):
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Sum of token losses and the token count; the schedule divides. Reported as [sum, count] for exact
-    token-weighted averaging over micro-batches and data-parallel ranks."""
+    """Sum of token losses and the token count. With calculate_per_token_loss (models/llama.py) the schedule does
+    not divide per micro-batch: finalize_model_grads divides the gradients by the token count of the whole global
+    batch, so the gradient is that of the token-weighted mean loss, the same mean as the log's [sum, count]."""
     losses = output_tensor.float().view(-1)
     mask = loss_mask.view(-1).float()
     loss_sum = torch.sum(losses * mask)
@@ -223,7 +224,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     from megatron_llm.config.arguments import validate
     from megatron_llm.training import checkpointing, signals
     from megatron_llm.training.initialize import initialize, shutdown
-    from megatron_llm.training.metrics import MetricsLogger
+    from megatron_llm.training.metrics import MetricsLogger, is_log_iteration, local_mem_gb, max_over_ranks
 
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     _tune_communication(cfg)
@@ -239,15 +240,19 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     gbs = get_current_global_batch_size()
     scheduler = build_scheduler(cfg, optimizer, gbs)
 
-    iteration, consumed = 0, 0
+    iteration, consumed, stored_data = 0, 0, None
     if cfg.checkpoint.load:
         state = checkpointing.load(cfg, model, optimizer, scheduler)
         if state is not None:
-            iteration, consumed = state["iteration"], state["consumed_samples"]
+            iteration, consumed, stored_data = state["iteration"], state["consumed_samples"], state["data"]
 
     from megatron_llm.data.gpt_datasets import build_datasets
+    from megatron_llm.training import data_order
 
-    train_ds, valid_ds, _test_ds = build_datasets(cfg, tokenizer, gbs)
+    built_for = data_order.train_samples_to_build(cfg, gbs, stored_data)
+    train_ds, valid_ds, _test_ds = build_datasets(cfg, tokenizer, gbs, train_samples=built_for)
+    if stored_data:
+        data_order.check_enough_samples(cfg, gbs, built_for, len(train_ds), cfg.checkpoint.load)
     data = _DataIterators(train_ds, consumed, cfg, len(model))
 
     ctx = TrainContext(cfg=cfg, rank=info.rank, world_size=info.world_size, device=info.device, model=model,
@@ -298,6 +303,9 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             "loss_scale": float(optimizer.get_loss_scale().item()),
             "iteration_time_s": step_time,
             "skipped": not ok,
+            # every rank takes part (a collective), at log intervals only
+            "mem_gb": max_over_ranks(local_mem_gb(info.device), info.device)
+            if is_log_iteration(cfg, iteration) else None,
         }
         if timers is not None:
             for name in list(timers._timers.keys()):
@@ -316,8 +324,9 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                 logger.error(f"iteration {iteration}: lm loss is {loss}; stopping without saving "
                              f"(check --lr, the data, and that --vocab-size matches the tokenizer)")
             exit_code = EXIT_CODE_NAN
-        do_eval = cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
-                                               or iteration == cfg.train.train_iters)
+        # A stop signal's warning window is for the checkpoint: save first, and skip the evaluation.
+        do_eval = not stop_signal and cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
+                                                                   or iteration == cfg.train.train_iters)
         if do_eval:
             val = evaluate(cfg, info, model, tc, valid_ds, gbs)
             if val is not None:
@@ -331,7 +340,8 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             stop_signal or exit_now or iteration == cfg.train.train_iters
             or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0))
         if save_now and exit_code == 0:
-            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed)
+            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed,
+                               data_state=data_order.data_state(built_for))
         if exit_code:
             break
         if stop_signal:
