@@ -75,16 +75,39 @@ def fusion_fields(impl: str, flags: ImplConfig, device: str) -> Tuple[Dict[str, 
     return fields, off
 
 
+# TransformerConfig field -> the extension module megatron-core imports for it (local / fused impls; TE brings its
+# own kernels).
+EXTENSION_MODULES = {"gradient_accumulation_fusion": "fused_weight_gradient_mlp_cuda",
+                     "masked_softmax_fusion": "scaled_upper_triang_masked_softmax_cuda"}
+
+
+def _importable(name: str) -> bool:
+    import sys
+
+    return name in sys.modules or importlib.util.find_spec(name) is not None
+
+
+def missing_kernels(impl: str, fields: Dict[str, Any]) -> List[str]:
+    """The fusions `fields` turns on whose megatron-core extension module is not importable (e.g. csrc/ not built
+    on this machine)."""
+    if impl == "transformer_engine":
+        return []
+    return [f for f, mod in EXTENSION_MODULES.items() if fields.get(f) and not _importable(mod)]
+
+
 def prepare(impl: str, fields: Dict[str, Any]) -> None:
-    """Make the kernels the fields name importable before the TransformerConfig and modules are built."""
+    """Make the kernels the fields name importable before the TransformerConfig and modules are built, and turn off
+    (in `fields`) a fusion whose kernel is still missing: megatron-core would refuse to build the model."""
     if impl == "fused":
         from megatron_llm.models.fused_spec import install_fused_ops
 
         install_fused_ops()
-    elif impl == "local" and (fields["masked_softmax_fusion"] or fields["gradient_accumulation_fusion"]):
+    elif impl == "local" and any(fields.get(f) for f in EXTENSION_MODULES):
         from megatron_llm import ops
 
         ops.install_megatron_extension_modules()
+    for f in missing_kernels(impl, fields):
+        fields[f] = False
 
 
 def recompute_fields(flags: ImplConfig) -> Dict[str, Any]:
@@ -131,6 +154,9 @@ def describe(flags: ImplConfig, device: str) -> str:
     """One start-up line: the implementation, the fusions on, and why asked-for ones are off."""
     impl = resolve_transformer_impl(flags.transformer_impl, device)
     fields, off = fusion_fields(impl, flags, device)
+    for f in missing_kernels(impl, fields):  # as prepare() found them when the model was built
+        fields[f] = False
+        off.append(f"{f}: {EXTENSION_MODULES[f]} not built here (megatron-llm ops says why)")
     on = [k for k, v in fields.items() if v is True]
     rec = flags.recompute_granularity or "none"
     if flags.recompute_granularity == "full":

@@ -144,3 +144,17 @@ def test_fused_impl_builds_sdpa_and_our_ops_into_the_model():
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and "fused ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_a_fusion_whose_kernel_is_missing_is_turned_off(monkeypatch):
+    """On a GPU machine without the built extension, megatron-core would refuse gradient_accumulation_fusion at
+    model construction: prepare() turns it off and the start-up line says why."""
+    monkeypatch.setattr(impl, "_importable", lambda name: name != "fused_weight_gradient_mlp_cuda")
+    flags = build_config({"transformer_impl": "local"}).impl
+    fields, _ = impl.fusion_fields("local", flags, "cuda")
+    monkeypatch.setattr("megatron_llm.ops.install_megatron_extension_modules", lambda: [])
+    impl.prepare("local", fields)
+    assert fields["gradient_accumulation_fusion"] is False and fields["masked_softmax_fusion"] is True
+    line = impl.describe(flags, "cuda")
+    assert "gradient_accumulation_fusion: fused_weight_gradient_mlp_cuda not built here" in line
+    assert "fusions on: masked_softmax_fusion, bias_activation_fusion" in line
