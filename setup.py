@@ -20,12 +20,14 @@ setup(
         "zstandard",
         "orjson",  # preprocessing: ~5x faster JSON-lines decoding than json.loads
         "pyarrow",
-        "psutil",  # megatron-core dist_checkpointing writer processes
+        "psutil",
+        "safetensors",  # HF checkpoint conversion  # megatron-core dist_checkpointing writer processes
         "matplotlib",  # profiler report plots
     ],
     extras_require={
         "te": ["transformer-engine[pytorch]"],
-        "test": ["pytest"],
+        # transformers (+ gguf, accelerate: SmolLM2's GGUF) is the reference for checkpoint conversion tests
+        "test": ["pytest", "transformers", "safetensors", "gguf", "accelerate"],
         "plots": ["matplotlib"],
     },
     entry_points={"console_scripts": ["megatron-llm=megatron_llm.cli:main"]},

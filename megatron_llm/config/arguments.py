@@ -186,6 +186,10 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(f"--make-vocab-size-divisible-by {m.make_vocab_size_divisible_by} must be >= 1")
     if not cfg.launch.distributed_timeout_minutes > 0:
         raise ConfigError(f"--distributed-timeout-minutes {cfg.launch.distributed_timeout_minutes} must be > 0")
+    if cfg.train.nan_policy == "rollback" and not cfg.checkpoint.save:
+        raise ConfigError("--nan-policy rollback needs --save (the checkpoints it rolls back to)")
+    if cfg.checkpoint.keep_last is not None and cfg.checkpoint.keep_last < 1:
+        raise ConfigError(f"--keep-last {cfg.checkpoint.keep_last}: keep at least 1 checkpoint")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
     validate_recompute(cfg)

@@ -26,6 +26,9 @@ class ModelConfig:
     rotary_base: float = 10000.0
     norm_epsilon: float = 1e-5
     untie_embeddings_and_output_weights: bool = True
+    add_qkv_bias: bool = field(default=False, metadata={"help": "biases on the query/key/value projections (Qwen2)"})
+    use_stable_embedding: bool = field(default=False, metadata={
+        "help": "LayerNorm on the token embeddings (Bloom's stable embedding; the Open-Llama model type)"})
     init_method_std: float = 0.02
     # Only implemented families are accepted; a new one adds its name here with its model code.
     architecture: str = field(default="llama", metadata={"help": "model family", "choices": ARCHITECTURES})
@@ -50,5 +53,7 @@ class ModelConfig:
         q = self.num_attention_heads * d
         kv = self.num_query_groups * d
         per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h  # qkv, out proj, SwiGLU (gate+up, down), 2 norms
+        per_layer += (q + 2 * kv) if self.add_qkv_bias else 0
         embeddings = v * h * (2 if self.untie_embeddings_and_output_weights else 1)
+        embeddings += 2 * h if self.use_stable_embedding else 0
         return self.num_layers * per_layer + embeddings + h  # + final norm

@@ -85,6 +85,13 @@ class TrainLoopConfig:
     seed: int = _f(1234, "random seed")
     exit_interval: Optional[int] = _f(None, "stop (after saving) once iteration %% N == 0")
     deterministic: bool = _f(True, "deterministic algorithms where the device allows")
+    # Fault tolerance (training/nan_guard.py, training/health.py)
+    check_for_nan_in_loss_and_grad: bool = _f(
+        True, "stop a non-finite gradient norm (or loss) from reaching the weights; --nan-policy says what then")
+    nan_policy: str = _f("skip", "on a non-finite gradient: skip the update | rollback to the last checkpoint and "
+                         "skip the batch | stop (exit 3)", choices=("skip", "rollback", "stop"))
+    straggler_threshold: float = _f(
+        0.2, "name ranks whose mean step time over a log interval exceeds the median by this fraction")
 
 
 @dataclass
@@ -95,6 +102,12 @@ class CheckpointConfig:
     no_load_optim: bool = _f(False, "load model weights only, not optimizer state")
     no_load_rng: bool = _f(False, "do not restore RNG state")
     finetune: bool = _f(False, "load weights only and start at iteration 0")
+    save_interval_minutes: Optional[float] = _f(
+        None, "also save once this many minutes have passed since the last save (ranks agree at log intervals)")
+    async_save: bool = _f(False, "write checkpoints in the background while training continues; `latest` moves "
+                          "once every rank's shard is on disk")
+    keep_last: Optional[int] = _f(None, "keep only the newest N complete checkpoints (older ones deleted after a "
+                                  "new one is durable)")
 
 
 @dataclass

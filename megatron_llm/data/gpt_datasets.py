@@ -75,17 +75,32 @@ def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int, train_samp
 
 
 class _MicroBatchIndices:
-    """Endless batch sampler: the sample indices of this DP rank's micro-batches from ``consumed_samples`` on."""
+    """Endless batch sampler: the global sample positions of this DP rank's micro-batches from
+    ``consumed_samples`` on."""
 
-    def __init__(self, n: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
-        self.n, self.idx, self.mbs, self.rank, self.step = n, consumed_samples, micro_batch_size, dp_rank, \
+    def __init__(self, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.idx, self.mbs, self.rank, self.step = consumed_samples, micro_batch_size, dp_rank, \
             micro_batch_size * dp_size
 
     def __iter__(self):
         while True:
             start = self.idx + self.rank * self.mbs
-            yield [(start + k) % self.n for k in range(self.mbs)]
+            yield list(range(start, start + self.mbs))
             self.idx += self.step
+
+
+class _Positioned:
+    """Sample at a global position (the dataset wraps around), with that position as ``sample_position``: where in
+    the global sample stream the batch is (sample accounting across restarts and DP changes)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.n = dataset, len(dataset)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, position: int):
+        return {**self.dataset[position % self.n], "sample_position": np.int64(position)}
 
 
 def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
@@ -99,8 +114,8 @@ def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, dp_rank
         return iter(())
     from torch.utils.data import DataLoader
 
-    sampler = _MicroBatchIndices(len(dataset), consumed_samples, micro_batch_size, dp_rank, dp_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+    sampler = _MicroBatchIndices(consumed_samples, micro_batch_size, dp_rank, dp_size)
+    loader = DataLoader(_Positioned(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
                         pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
     return iter(loader)
 

@@ -69,6 +69,7 @@ def run_workers(module: str, argv: List[str], nproc: int, master_addr: str = "12
     previous = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
     try:
         failed_at = None
+        stopped = set()  # ranks we stopped: their status (killed by us) is not the job's
         while any(p.poll() is None for p in procs):
             codes = [p.poll() for p in procs]
             if failed_at is None and any(c not in (None, 0, EXIT_CODE_REQUEUE) for c in codes):
@@ -77,15 +78,17 @@ def run_workers(module: str, argv: List[str], nproc: int, master_addr: str = "12
                 if codes[bad[0]] != EXIT_CODE_CONFIG:  # a configuration error was reported by the rank itself
                     print(f"[megatron-llm] rank {bad[0]} exited with {codes[bad[0]]}; stopping the other ranks",
                           file=sys.stderr, flush=True)
-                for p in procs:
+                for r, p in enumerate(procs):
                     if p.poll() is None:
+                        stopped.add(r)
                         p.terminate()
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
                 for p in procs:
                     if p.poll() is None:
                         p.kill()
             time.sleep(0.2)
-        return combine_exit_codes([p.returncode for p in procs], EXIT_CODE_REQUEUE)
+        return combine_exit_codes([p.returncode for r, p in enumerate(procs) if r not in stopped],
+                                  EXIT_CODE_REQUEUE)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

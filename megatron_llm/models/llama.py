@@ -61,7 +61,7 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=m.add_qkv_bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=m.init_method_std,
@@ -162,5 +162,9 @@ def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Opt
             vp_stage=stage,
             real_vocab_size=real_vocab_size or vocab_size,
         )
+        if pre and cfg.model.use_stable_embedding:
+            from megatron_llm.models.stable_embedding import attach
+
+            attach(model.embedding, cfg.model.hidden_size, tc.params_dtype, tc.sequence_parallel)
         chunks.append(model)
     return chunks

@@ -8,6 +8,7 @@ directory that looks complete, and `latest` never names one that is not.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from typing import Any, Dict, List, Optional
@@ -153,16 +154,37 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     sd["consumed_samples"] = consumed
     sd["layout"] = _layout()
     sd["vocab"] = _vocab(model)
+    sd["model_config"] = dataclasses.asdict(cfg.model)  # the shape, for tools that rebuild the model (convert)
     sd["format_version"] = FORMAT_VERSION
     return sd
 
 
 def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int,
-         data_state: Optional[Dict[str, int]] = None) -> str:
-    """data_state: what the training data order was built with (data_order.py), restored by load()."""
+         data_state: Optional[Dict[str, int]] = None, async_queue=None) -> str:
+    """A training checkpoint in --save. data_state: what the training data order was built with (data_order.py),
+    restored by load(). async_queue: --async-save (see write)."""
+    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
+                     iteration=iteration, consumed=consumed)
+    sd["data"] = dict(data_state or {})
+    return write(cfg.checkpoint.save, iteration, sd, keep=cfg.checkpoint.keep_last, async_queue=async_queue)
+
+
+def save_weights(cfg: RunConfig, model, root: str, iteration: int = 0,
+                 extra: Optional[Dict[str, Any]] = None) -> str:
+    """A weights-only checkpoint (no optimizer, no RNG) that `--load ROOT --finetune` continues from; `extra`
+    goes into the common state (read back with dist_checkpointing.load_common_state_dict)."""
+    sd = _state_dict(cfg, model, None, None, is_loading=False, with_optim=False, with_rng=False,
+                     iteration=iteration)
+    sd.update(extra or {})
+    return write(root, iteration, sd)
+
+
+def write(root: str, iteration: int, sd: Dict[str, Any], keep: Optional[int] = None, async_queue=None) -> str:
+    """Save a sharded state dict as <root>/iter_N: written to iter_N.tmp, then published (all ranks). With
+    `async_queue` (a megatron-core AsyncCallsQueue) the shards are written in the background and publishing is the
+    request's finalize step, run on every rank once every rank's writer is done (training/async_checkpoint.py)."""
     from megatron.core import dist_checkpointing
 
-    root = cfg.checkpoint.save
     final = checkpoint_dir(root, iteration)
     tmp = final + ".tmp"
     rank = dist.get_rank()
@@ -171,19 +193,32 @@ def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: 
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed save
         os.makedirs(tmp)
     dist.barrier()
-    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
-                     iteration=iteration, consumed=consumed)
-    sd["data"] = dict(data_state or {})
-    dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
+    if async_queue is None:
+        dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
+        publish(root, iteration, keep)
+    else:
+        request = dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA, async_sharded_save=True)
+        request.add_finalize_fn(lambda: publish(root, iteration, keep))
+        async_queue.schedule_async_request(request)
+    return final
+
+
+def publish(root: str, iteration: int, keep: Optional[int] = None) -> None:
+    """Every rank's shard of iter_N.tmp is written: rename it to iter_N, point the tracker at it, keep the newest
+    `keep` (--keep-last). A collective."""
+    from megatron_llm.training.checkpoint_files import keep_last
+
+    final = checkpoint_dir(root, iteration)
     dist.barrier()
-    if rank == 0:
+    if dist.get_rank() == 0:
         if os.path.isdir(final):
             shutil.rmtree(final)  # re-saving the same iteration (e.g. after a restart): replace it whole
-        os.replace(tmp, final)
+        os.replace(final + ".tmp", final)
         atomic_write_text(os.path.join(root, TRACKER), f"{iteration}\n")
         print(f"[megatron-llm] saved checkpoint at iteration {iteration} to {final}", flush=True)
+        if keep:
+            keep_last(root, keep, iteration)
     dist.barrier()
-    return final
 
 
 def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]]:
@@ -212,6 +247,8 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
     if with_optim:
         _load_optimizer_state(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    elif optimizer is not None:
+        optimizer.reload_model_params()  # fp32 main copies of bf16/fp16 weights were made from the initial ones
     if with_rng:
         from megatron.core import tensor_parallel
 

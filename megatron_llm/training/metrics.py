@@ -31,6 +31,8 @@ METRIC_TAGS = {  # metrics.jsonl key -> tensorboard tag
     "tflops": "throughput/tflops-per-gpu",
     "mfu": "throughput/mfu",
     "mem_gb": "memory/max-allocated-gb",
+    "step_time_max_s": "health/step-time-max-s",
+    "stragglers": "health/stragglers",
 }
 
 
@@ -49,25 +51,29 @@ def local_mem_gb(device: str) -> float:
     return (torch.cuda.max_memory_allocated() / 2 ** 30) if device == "cuda" else host_rss_gb()
 
 
-def max_over_ranks(value: float, device: str) -> float:
-    """Max of a per-rank figure over the world (one tiny all-reduce; call it on every rank, at log intervals only).
-    Pipeline stage 0 holds the most activations while the logging rank is the last stage."""
-    import torch.distributed as dist
+def drop_records_after(path: str, iteration: int) -> int:
+    """Remove metrics.jsonl records of iterations after `iteration` (a killed run logged past its last checkpoint),
+    so a resumed run logs every iteration once. Returns how many were dropped."""
+    if not os.path.isfile(path):
+        return 0
+    from megatron_llm.fileio import atomic_write_text
 
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if device == "cuda":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def is_log_iteration(cfg: RunConfig, iteration: int) -> bool:
-    return iteration % cfg.train.log_interval == 0 or iteration == cfg.train.train_iters
+    lines = open(path, encoding="utf-8").read().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            it = json.loads(line).get("iteration")
+        except ValueError:
+            continue  # a line torn by a kill
+        if it is None or it <= iteration:
+            keep.append(line)
+    if len(keep) != len(lines):
+        atomic_write_text(path, "".join(l + "\n" for l in keep))
+    return len(lines) - len(keep)
 
 
 class MetricsLogger:
-    def __init__(self, cfg: RunConfig, info, vocab_size: int) -> None:
+    def __init__(self, cfg: RunConfig, info, vocab_size: int, resumed_at: int = 0) -> None:
         self.cfg = cfg
         self.world_size = info.world_size
         self.device = info.device
@@ -81,10 +87,16 @@ class MetricsLogger:
         tb_dir = cfg.logging.tensorboard_dir
         if tb_dir:
             os.makedirs(tb_dir, exist_ok=True)
-            self.jsonl = open(os.path.join(tb_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(tb_dir, "metrics.jsonl")
+            dropped = drop_records_after(path, resumed_at)
+            if dropped:
+                self.info(f"{path}: dropped {dropped} record(s) after iteration {resumed_at}, the iteration this "
+                          f"run starts from (they are logged again as it proceeds)")
+            self.jsonl = open(path, "a", encoding="utf-8")
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=tb_dir)
+            # purge_step: tensorboard hides the events a killed run wrote past the checkpoint we resume from
+            self.tb = SummaryWriter(log_dir=tb_dir, purge_step=resumed_at + 1)
         if self.peak is None:
             why = "CPU run" if info.device != "cuda" else "unknown GPU peak (set --gpu-peak-tflops)"
             self.info(f"MFU not applicable: {why}")
@@ -103,16 +115,31 @@ class MetricsLogger:
             flops_per_iteration=self.flops_per_iteration,
             tflops=tp.tflops_per_gpu,
             mfu=tp.mfu,
-            # the trainer passes the max over ranks at log intervals; between them this rank's own figure
+            # the max over ranks when the trainer's health exchange provides it (training/health.py)
             mem_gb=m["mem_gb"] if m.get("mem_gb") is not None else local_mem_gb(self.device),
         )
-        self.skipped += int(bool(m.get("skipped")))
-        if is_log_iteration(self.cfg, iteration):
-            self._print_line(iteration, m)
-            self._write(iteration, {k: m.get(k) for k in (
-                "iteration", "lm_loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "flops_per_iteration",
-                "tflops", "mfu", "mem_gb", "iteration_time_s", "consumed_samples")})
+        self.skipped += int(m.get("skipped") or 0)  # skipped iterations in this log interval
+        # Called once per log interval (the trainer decides the boundaries).
+        self._print_line(iteration, m)
+        self._write(iteration, {k: m.get(k) for k in (
+            "iteration", "lm_loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "flops_per_iteration",
+            "tflops", "mfu", "mem_gb", "iteration_time_s", "consumed_samples", "step_time_max_s", "stragglers")})
         return m
+
+    def rolled_back(self, from_iteration: int, to_iteration: int) -> None:
+        """--nan-policy rollback: the records after the checkpoint go (those iterations are replayed and logged
+        again), and one event record says what happened."""
+        if self.jsonl is not None:
+            self.jsonl.close()
+            drop_records_after(self.jsonl.name, to_iteration)
+            self.jsonl = open(self.jsonl.name, "a", encoding="utf-8")
+            self.jsonl.write(json.dumps({"event": "rollback", "iteration": to_iteration,
+                                         "nonfinite_at": from_iteration}) + "\n")
+            self.jsonl.flush()
+
+    def straggler(self, iteration: int, names) -> None:
+        self.info(f"WARNING: iteration {iteration}: straggler(s) slower than the median step by more than "
+                   f"{100 * self.cfg.train.straggler_threshold:.0f}%: {'; '.join(names)}")
 
     def log_validation(self, iteration: int, val_loss: float) -> None:
         print(f" validation loss at iteration {iteration} | lm loss value: {val_loss:.6E} |", flush=True)

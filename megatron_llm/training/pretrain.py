@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from functools import partial
@@ -149,11 +150,58 @@ def _reduce_loss(losses: List[Dict[str, torch.Tensor]], device: str) -> Optional
     return float(total[0] / torch.clamp(total[1], min=1))
 
 
+def _local_loss(losses: List[Dict[str, torch.Tensor]]) -> Optional[torch.Tensor]:
+    """This rank's [loss sum, token count] of the step, left on the device (read once per log interval)."""
+    from megatron.core import parallel_state
+
+    if not losses or not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return None
+    return torch.stack([entry["lm loss"] for entry in losses]).double().sum(0)
+
+
+class _Interval:
+    """Host-side figures of the iterations since the last log boundary."""
+
+    def __init__(self) -> None:
+        self.times: List[float] = []
+        self.skipped = 0
+
+    def add(self, step_time: float, outcome) -> None:
+        self.times.append(step_time)
+        self.skipped += int(not outcome.updated)
+
+    def summary(self, report) -> Dict[str, Any]:
+        losses = list(report.losses.values())
+        return {
+            "lm_loss": sum(losses) / len(losses) if losses else None,  # Megatron-LM logs the interval mean
+            "iteration_time_s": sum(self.times) / len(self.times),
+            "skipped": self.skipped,
+            "mem_gb": report.mem_gb_max,
+            "step_time_max_s": max(report.step_time_s),
+            "stragglers": len(report.stragglers),
+        }
+
+
+SAMPLE_LOG_ENV = "MEGATRON_LLM_TEST_SAMPLE_LOG"  # test hook: record the samples each rank trains on
+
+
+def _recorded(batches, prefix: str):
+    """Append 'position crc32-of-tokens' per sample drawn to PREFIX.<pid> (sample-accounting tests)."""
+    import zlib
+
+    with open(f"{prefix}.{os.getpid()}", "a") as f:
+        for batch in batches:
+            for pos, toks in zip(batch["sample_position"].tolist(), batch["tokens"]):
+                f.write(f"{pos} {zlib.crc32(toks.numpy().tobytes())}\n")
+            f.flush()
+            yield batch
+
+
 class _DataIterators:
     """Iterators per model chunk: chunks holding the first layers read tokens, the last stage reads labels;
     middle chunks get None (their input arrives over pipeline p2p)."""
 
-    def __init__(self, dataset, consumed: int, cfg: RunConfig, num_chunks: int):
+    def __init__(self, dataset, consumed: int, cfg: RunConfig, num_chunks: int, record: bool = True):
         from megatron.core import parallel_state
 
         from megatron_llm.data.gpt_datasets import micro_batches
@@ -166,10 +214,13 @@ class _DataIterators:
             first = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp)
             last = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp)
             if dataset is not None and (first or last):
-                self.per_chunk.append(micro_batches(dataset, consumed, cfg.data.micro_batch_size,
-                                                    parallel_state.get_data_parallel_rank(),
-                                                    parallel_state.get_data_parallel_world_size(),
-                                                    num_workers=num_workers, pin_memory=cuda))
+                it = micro_batches(dataset, consumed, cfg.data.micro_batch_size,
+                                   parallel_state.get_data_parallel_rank(),
+                                   parallel_state.get_data_parallel_world_size(),
+                                   num_workers=num_workers, pin_memory=cuda)
+                if record and first and os.environ.get(SAMPLE_LOG_ENV) and parallel_state.get_tensor_model_parallel_rank() == 0:
+                    it = _recorded(it, os.environ[SAMPLE_LOG_ENV])
+                self.per_chunk.append(it)
             else:
                 self.per_chunk.append(None)
 
@@ -188,7 +239,7 @@ def evaluate(cfg: RunConfig, info, model, tc, valid_ds, gbs: int) -> Optional[fl
         return None
     for m in model:
         m.eval()
-    iters = _DataIterators(valid_ds, 0, cfg, len(model))
+    iters = _DataIterators(valid_ds, 0, cfg, len(model), record=False)
     fb = get_forward_backward_func()
     losses: List[Dict[str, torch.Tensor]] = []
     with torch.no_grad():
@@ -222,9 +273,11 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from megatron_llm.config.arguments import validate
-    from megatron_llm.training import checkpointing, signals
+    from megatron_llm.training import checkpoint_files, checkpointing, nan_guard, signals
+    from megatron_llm.training.async_checkpoint import AsyncCheckpointer
+    from megatron_llm.training.health import HealthMonitor
     from megatron_llm.training.initialize import initialize, shutdown
-    from megatron_llm.training.metrics import MetricsLogger, is_log_iteration, local_mem_gb, max_over_ranks
+    from megatron_llm.training.metrics import MetricsLogger
 
     validate(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     _tune_communication(cfg)
@@ -242,6 +295,9 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
 
     iteration, consumed, stored_data = 0, 0, None
     if cfg.checkpoint.load:
+        if info.rank == 0:  # what a killed save left is never loaded (checkpoint_files.py)
+            checkpoint_files.remove_partial(cfg.checkpoint.load)
+        dist.barrier()
         state = checkpointing.load(cfg, model, optimizer, scheduler)
         if state is not None:
             iteration, consumed, stored_data = state["iteration"], state["consumed_samples"], state["data"]
@@ -258,7 +314,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     ctx = TrainContext(cfg=cfg, rank=info.rank, world_size=info.world_size, device=info.device, model=model,
                        optimizer=optimizer, timers=timers, vocab_size=padded_vocab,
                        tokenizer_vocab_size=vocab_size)
-    logger = MetricsLogger(cfg, info, vocab_size=vocab_size) if info.is_logging_rank else None
+    logger = MetricsLogger(cfg, info, vocab_size=vocab_size, resumed_at=iteration) if info.is_logging_rank else None
     if logger is not None:
         from megatron_llm.models.impl import describe
 
@@ -266,64 +322,120 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
     for cb in callbacks:
         cb.on_train_start(ctx)
 
-    handler = signals.install()  # from here on a stop signal means "checkpoint at the next iteration boundary"
+    handler = signals.install()  # from here on a stop signal means "checkpoint at the next log boundary"
+    health = HealthMonitor(cfg, info)
+    saver = AsyncCheckpointer(cfg.checkpoint.async_save)
+    tc.finalize_model_grads_func = health.wrap_finalize(tc.finalize_model_grads_func)
+    nan_injector = nan_guard.NanInjector(info.rank)
+    skip_batches: set = set()  # iterations whose batch poisoned the gradients: not trained on after a rollback
     fb = get_forward_backward_func()
     history: Dict[int, float] = {}
     val_history: Dict[int, float] = {}
+    interval = _Interval()
     exit_code = 0
     while iteration < cfg.train.train_iters:
+        if iteration + 1 in skip_batches:
+            iteration += 1
+            consumed += gbs
+            data = _DataIterators(train_ds, consumed, cfg, len(model))
+            if logger is not None:
+                logger.info(f"iteration {iteration}: batch skipped (its gradients were not finite before the "
+                            f"rollback)")
+            continue
         for cb in callbacks:
             cb.on_step_start(ctx, iteration + 1)
-        if info.device == "cuda":
-            torch.cuda.synchronize()
+        health.step_start(iteration + 1)
         t0 = time.perf_counter()
         for m in model:
             m.zero_grad_buffer()
         optimizer.zero_grad()
+        nan_injector.before_step(model, iteration + 1)
         losses = fb(forward_step_func=partial(_forward_step, info.device), data_iterator=data.for_schedule(),
                     model=model, num_microbatches=get_num_microbatches(), seq_length=cfg.data.seq_length,
                     micro_batch_size=cfg.data.micro_batch_size, forward_only=False)
+        nan_injector.after_step()
         if timers is not None:  # the schedules time forward-backward themselves
             timers("optimizer", log_level=1).start(barrier=False)
-        ok, grad_norm, _ = optimizer.step()
+        health.optimizer_step(iteration + 1)
+        outcome = nan_guard.step(optimizer, cfg.train.check_for_nan_in_loss_and_grad)
         if timers is not None:
             timers("optimizer").stop()
-        if ok:
+        if outcome.updated:
             scheduler.step(increment=gbs)
         iteration += 1
         consumed += gbs
-        loss = _reduce_loss(losses, info.device)
-        if info.device == "cuda":
-            torch.cuda.synchronize()
+        if outcome.nonfinite:  # every rank saw the same norm: every rank takes this branch
+            message = nan_guard.describe(model, iteration, outcome.grad_norm, info.device)
+            policy = cfg.train.nan_policy
+            if policy == "rollback":
+                state = nan_guard.rollback(cfg, model, optimizer, scheduler)
+                if state is None:
+                    policy = "stop"
+                    message += "; --nan-policy rollback: no checkpoint in --save yet, stopping instead"
+                else:
+                    if logger is not None:
+                        logger.error(f"{message}; rolled back to iteration {state['iteration']}, the batch of "
+                                     f"iteration {iteration} will be skipped")
+                        logger.rolled_back(iteration, state["iteration"])
+                    skip_batches.add(iteration)
+                    iteration, consumed = state["iteration"], state["consumed_samples"]
+                    data = _DataIterators(train_ds, consumed, cfg, len(model))
+                    health.discard_pending()
+                    interval = _Interval()
+                    continue
+            if logger is not None:
+                if policy == "stop":
+                    logger.error(f"{message}; --nan-policy stop: exiting without saving (resume from the last "
+                                 f"checkpoint; check --lr and the data)")
+                else:
+                    logger.error(f"{message}; update skipped (--nan-policy skip)")
+            if policy == "stop":
+                exit_code = EXIT_CODE_NAN
+        health.step_end(iteration, _local_loss(losses))
         step_time = time.perf_counter() - t0
+        interval.add(step_time, outcome)
         metrics = {
-            "lm_loss": loss,
+            "lm_loss": None,  # known at the log boundary (the losses stay on the device until then)
             "lr": optimizer.param_groups[0]["lr"],
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "loss_scale": float(optimizer.get_loss_scale().item()),
+            "grad_norm": outcome.grad_norm,
+            "loss_scale": None,  # a device tensor: read at the log boundary
             "iteration_time_s": step_time,
-            "skipped": not ok,
-            # every rank takes part (a collective), at log intervals only
-            "mem_gb": max_over_ranks(local_mem_gb(info.device), info.device)
-            if is_log_iteration(cfg, iteration) else None,
+            "skipped": not outcome.updated,
         }
         if timers is not None:
             for name in list(timers._timers.keys()):
                 metrics[f"timer_{name.replace('-', '_')}_s"] = timers._timers[name].elapsed(reset=True)
-        if loss is not None:
-            history[iteration] = loss
-        if logger is not None:
-            metrics = logger.log_iteration(iteration, metrics, consumed)
+        exit_now = bool(cfg.train.exit_interval and iteration % cfg.train.exit_interval == 0)
+        stop_signal = save_due = False
+        if (iteration % cfg.train.log_interval == 0 or iteration == cfg.train.train_iters or exit_now
+                or exit_code):
+            # Every rank must take the same decision, or the ones that stop leave the others hanging in a collective.
+            report = health.exchange(handler.received is not None)
+            saver.poll()  # publish a background save every rank has finished writing
+            stop_signal, save_due = report.stop, report.save_due
+            history.update(report.losses)
+            nan_loss = (cfg.train.check_for_nan_in_loss_and_grad and exit_code == 0
+                        and any(not math.isfinite(v) for v in report.losses.values()))
+            if nan_loss:
+                if logger is not None:
+                    logger.error(f"iteration {iteration}: lm loss is not finite ({report.losses}); stopping "
+                                 f"without saving (check --lr, the data, and that --vocab-size matches the "
+                                 f"tokenizer)")
+                exit_code = EXIT_CODE_NAN
+            logged = {**metrics, **interval.summary(report),
+                      "loss_scale": float(optimizer.get_loss_scale().item())}
+            if logger is not None:
+                logged = logger.log_iteration(iteration, logged, consumed)
+                if report.stragglers:
+                    logger.straggler(iteration, report.stragglers)
+            # callbacks see this iteration's own time and loss; the log line the interval's means
+            metrics = {**logged, "iteration_time_s": step_time, "skipped": not outcome.updated,
+                       "lm_loss": report.losses.get(iteration)}
+            interval = _Interval()
         for cb in callbacks:
             cb.on_step_end(ctx, iteration, metrics)
-        # Every rank must take the same decision, or the ones that stop leave the others hanging in a collective.
-        nan_here = loss is not None and not torch.isfinite(torch.tensor(loss))
-        stop_signal, nan_loss = handler.agree(nan_here)
-        if nan_loss:
-            if logger is not None:
-                logger.error(f"iteration {iteration}: lm loss is {loss}; stopping without saving "
-                             f"(check --lr, the data, and that --vocab-size matches the tokenizer)")
-            exit_code = EXIT_CODE_NAN
+        if exit_code:
+            break
         # A stop signal's warning window is for the checkpoint: save first, and skip the evaluation.
         do_eval = not stop_signal and cfg.train.eval_interval and (iteration % cfg.train.eval_interval == 0
                                                                    or iteration == cfg.train.train_iters)
@@ -335,15 +447,13 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                     logger.log_validation(iteration, val)
                 for cb in callbacks:
                     cb.on_eval(ctx, iteration, val)
-        exit_now = bool(cfg.train.exit_interval and iteration % cfg.train.exit_interval == 0)
         save_now = cfg.checkpoint.save and (
-            stop_signal or exit_now or iteration == cfg.train.train_iters
+            stop_signal or exit_now or save_due or iteration == cfg.train.train_iters
             or (cfg.checkpoint.save_interval and iteration % cfg.checkpoint.save_interval == 0))
-        if save_now and exit_code == 0:
-            checkpointing.save(cfg, model, optimizer, scheduler, iteration, consumed,
-                               data_state=data_order.data_state(built_for))
-        if exit_code:
-            break
+        if save_now:
+            saver.save(cfg, model, optimizer, scheduler, iteration, consumed,
+                       data_state=data_order.data_state(built_for))
+            health.saved()
         if stop_signal:
             if logger is not None:
                 logger.info(f"received {handler.signal_name}: saved iteration {iteration}, exiting for requeue")
@@ -351,6 +461,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
             break
         if exit_now:
             break
+    saver.close()
     summary = {"iteration": iteration, "lm_loss": history, "val_loss": val_history, "exit_code": exit_code,
                "vocab_size": vocab_size, "padded_vocab_size": padded_vocab}
     for cb in callbacks:

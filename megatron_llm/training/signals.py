@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Optional, Tuple
+from typing import Optional
 
 HANDLED = (signal.SIGUSR1, signal.SIGTERM)
 # One event often arrives twice: Slurm signals every process of a job step, and a launcher in the step (torchrun)
@@ -18,7 +18,8 @@ ECHO_WINDOW_S = 5.0
 
 
 class StopSignalHandler:
-    """Records SIGUSR1/SIGTERM instead of dying mid-step; the loop asks `agree()` once per iteration."""
+    """Records SIGUSR1/SIGTERM instead of dying mid-step; the ranks agree on it at log boundaries
+    (training/health.py)."""
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
@@ -51,19 +52,6 @@ class StopSignalHandler:
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.received).name if self.received else "no signal"
-
-    def agree(self, local_nan: bool = False) -> Tuple[bool, bool]:
-        """(stop, nan) as seen by any rank: signals reach ranks at different moments, and only the last pipeline
-        stage sees the loss, so the flags are max-reduced over the world."""
-        import torch
-        import torch.distributed as dist
-
-        flags = torch.tensor([1.0 if self.received else 0.0, 1.0 if local_nan else 0.0])
-        if dist.is_initialized():
-            if dist.get_backend() == "nccl":
-                flags = flags.cuda()
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        return bool(flags[0] > 0), bool(flags[1] > 0)
 
 
 _installed: Optional[StopSignalHandler] = None

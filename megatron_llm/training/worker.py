@@ -19,6 +19,11 @@ def main(argv=None) -> int:
     cfg = build_config(values, args.recipe)
     try:
         return int(pretrain(cfg)["exit_code"])
+    except (RuntimeError, TimeoutError) as e:  # torch.distributed reports timeouts and lost peers so
+        from megatron_llm.training.health import describe_failure
+
+        print(f"[megatron-llm] ERROR: {describe_failure(e, cfg)}", file=sys.stderr, flush=True)
+        raise
     except ConfigError as e:
         # Raised alike on every rank (it comes from the configuration and the checkpoint, which all ranks read):
         # one line from rank 0, no traceback per rank.

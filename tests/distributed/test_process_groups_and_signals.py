@@ -1,4 +1,4 @@
-"""--distributed-timeout-minutes reaches every process group; per-rank figures reduce to the max; a stop signal
+"""--distributed-timeout-minutes reaches every process group; the health exchange reports the max memory over ranks; a stop signal
 saves before (instead of) evaluating."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ RANK_SCRIPT = r"""
 import json, os, torch
 from megatron_llm.config.arguments import build_config
 from megatron_llm.training.initialize import initialize, shutdown
-from megatron_llm.training.metrics import max_over_ranks
+import megatron_llm.training.health as health
 from megatron.core import parallel_state as ps
 cfg = build_config({"device": "cpu", "distributed_timeout_minutes": 3.5, "tokenizer_type": "NullTokenizer",
                     "vocab_size": 64, "mock_data": True, "pipeline_model_parallel_size": 2, "num_layers": 2})
@@ -28,13 +28,14 @@ def minutes(group):
     return group._get_backend(torch.device("cpu")).options._timeout.total_seconds() / 60
 groups = {"world": torch.distributed.distributed_c10d._get_default_group(), "dp": ps.get_data_parallel_group(),
           "tp": ps.get_tensor_model_parallel_group(), "pp": ps.get_pipeline_model_parallel_group()}
-print(json.dumps({"timeouts": {k: minutes(g) for k, g in groups.items()},
-                  "max": max_over_ranks(10.0 * info.rank + 1.5, "cpu")}))
+health.memory_gb = lambda device: 10.0 * info.rank + 1.5  # this rank's "peak memory"
+report = health.HealthMonitor(cfg, info).exchange(False)
+print(json.dumps({"timeouts": {k: minutes(g) for k, g in groups.items()}, "max": report.mem_gb_max}))
 shutdown()
 """
 
 
-def test_timeout_reaches_every_group_and_max_over_ranks():
+def test_timeout_reaches_every_group_and_memory_max_over_ranks():
     from megatron_llm.launch.local import free_port
 
     port = free_port()

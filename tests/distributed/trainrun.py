@@ -33,24 +33,36 @@ def make_dataset(prefix: str, num_docs: int = 400, seed: int = 0) -> str:
     return prefix
 
 
-def train(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: int = 5,
-          gbs: int = 8, mbs: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+def train_args(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: int = 5, gbs: int = 8,
+               mbs: int = 2) -> List[str]:
+    """The `megatron-llm train` command line of the tests' tiny model."""
     args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", "cpu", "--nproc-per-node", str(nproc),
             *MODEL, "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
             "--micro-batch-size", str(mbs), "--global-batch-size", str(gbs), "--train-iters", str(iters),
             "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "1", "--eval-interval", "0",
             "--tensorboard-dir", str(out / "tb"), "--seed", "1234"]
     args += ["--data-path", data, "--split", "98,2,0"] if data else ["--mock-data"]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    # Own process group, killed whole on timeout: a hung run must not leave ranks spinning on the CI machine.
-    proc = subprocess.Popen(args + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    return args + list(extra)
+
+
+def train(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: int = 5,
+          gbs: int = 8, mbs: int = 2, timeout: int = 300, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    return run_process(train_args(out, data, nproc, extra, iters, gbs, mbs), timeout, "training", env)
+
+
+def run_process(args: List[str], timeout: int, what: str,
+                env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run `args`; its own process group is killed whole on timeout: a hung run must not leave ranks spinning on
+    the CI machine."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         out, err = proc.communicate()
-        raise AssertionError(f"training timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
+        raise AssertionError(f"{what} timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -65,6 +77,31 @@ def losses(out: Path) -> Dict[int, float]:
 
 def check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+
+
+def checkpoint_tensors(ckpt_dir: str) -> Dict[str, "object"]:
+    """Every tensor of a dist_checkpointing (torch_dist) checkpoint, read with torch's own DCP reader."""
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(ckpt_dir, os.path.join(tmp, "sd.pt"))
+        sd = torch.load(os.path.join(tmp, "sd.pt"), weights_only=False)
+    out = {}
+
+    def walk(obj, path):
+        if isinstance(obj, torch.Tensor):
+            out[path] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{path}[{i}]")
+    walk(sd, "")
+    return out
 
 
 def max_rel_diff(a: Dict[int, float], b: Dict[int, float]) -> float:

@@ -33,13 +33,17 @@ def test_workers_yield_the_same_batches_in_order():
         got = _take(micro_batches(ds, 5, 3, rank, 2, num_workers=2), 10)
         assert len(got) == len(ref) == 10
         for a, b in zip(got, ref):
-            assert a.keys() == b.keys() == {"tokens", "loss_mask"}
+            assert a.keys() == b.keys() == {"tokens", "loss_mask", "sample_position"}
             assert all(torch.equal(a[k], b[k]) for k in a)
     # independent expectation: rank 1's first micro-batch starts at consumed + rank x MBS = 8
     first = _take(micro_batches(ds, 5, 3, 1, 2), 1)[0]
     assert first["tokens"][:, 0].tolist() == [8, 9, 10]
+    assert first["sample_position"].tolist() == [8, 9, 10]
     second = _take(micro_batches(ds, 5, 3, 1, 2), 2)[1]
     assert second["tokens"][:, 0].tolist() == [14, 15, 16]
+    # positions keep counting past the end of the dataset (23 samples); the samples wrap around
+    late = _take(micro_batches(ds, 20, 3, 1, 2), 1)[0]
+    assert late["sample_position"].tolist() == [23, 24, 25] and late["tokens"][:, 0].tolist() == [0, 1, 2]
 
 
 def test_no_dataset_is_an_empty_stream():
