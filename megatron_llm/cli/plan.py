@@ -30,8 +30,6 @@ def _extra(parser) -> None:
     g.add_argument("--swiglu", action=__import__("argparse").BooleanOptionalAction, default=True,
                    help="gated SwiGLU MLP (default, as every preset); --no-swiglu: GPT's GeLU MLP, FFN 4h unless "
                         "--ffn-hidden-size is given")
-    g.add_argument("--attention-kernel", choices=("flash", "unfused"), default="flash",
-                   help="flash: fused attention keeps no s x s scores (default); unfused: scores materialised")
     g.add_argument("--evaluate", action="store_true", help="evaluate the layout given by the flags only")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.add_argument("--top", type=int, default=10, help="layouts to list (default 10)")
@@ -62,11 +60,12 @@ HEADER = (" TP SP  PP  VP    DP MBS recompute dist  mem GB   step s compute  TP 
 
 def commands(argv: List[str], pb, best) -> List[str]:
     """The `train` and `submit` commands that run the chosen layout (the user's flags, minus plan's own)."""
-    plan_only = {"--gpus", "--gpu-type", "--gpus-per-node", "--inter-node-gbps", "--attention-kernel", "--top",
+    plan_only = {"--gpus", "--gpu-type", "--gpus-per-node", "--inter-node-gbps", "--top",
                  "--calibration-file"}
     plan_bools = {"--evaluate", "--json", "--swiglu", "--no-swiglu", "--calibrate"}
     layout_flags = {"--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--micro-batch-size",
-                    "--num-layers-per-virtual-pipeline-stage", "--recompute-granularity"}
+                    "--num-layers-per-virtual-pipeline-stage", "--recompute-granularity", "--recompute-method",
+                    "--recompute-num-layers"}
     layout_bools = {"--sequence-parallel", "--no-use-distributed-optimizer", "--use-distributed-optimizer"}
     keep: List[str] = []
     i = 0
@@ -93,11 +92,11 @@ def commands(argv: List[str], pb, best) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     from megatron_llm.config.arguments import ConfigError, build_config, parse_run_args
-    from megatron_llm.planner.problem import PlanError, build_problem, fixed_layout
+    from megatron_llm.planner.problem import PlanError, build_problem, config_value, fixed_layout
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args, values = parse_run_args(argv, prog=PROG, extra=_extra)
-    plan_keys = ("gpus", "gpu_type", "gpus_per_node", "inter_node_gbps", "swiglu", "attention_kernel", "evaluate",
+    plan_keys = ("gpus", "gpu_type", "gpus_per_node", "inter_node_gbps", "swiglu", "evaluate",
                  "json", "top", "calibrate", "calibration_file", "recompute_granularity")
     values = {k: v for k, v in values.items() if k not in plan_keys}
     if args.calibrate:
@@ -108,11 +107,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.gpus is None or args.gpu_type is None:
             raise PlanError("--gpus and --gpu-type are required")
         cfg = build_config(values, args.recipe)
-        recompute = getattr(args, "recompute_granularity", None) or getattr(cfg.parallel, "recompute_granularity",
-                                                                            None) or "none"
+        recompute = (getattr(args, "recompute_granularity", None)
+                     or config_value(cfg, "recompute_granularity", None) or "none")
         pb = build_problem(cfg, args.gpus, args.gpu_type, args.gpus_per_node, args.swiglu,
                            ffn_given=values.get("ffn_hidden_size") is not None or _recipe_sets_ffn(args.recipe),
-                           inter_node_gbps=args.inter_node_gbps, flash_attention=args.attention_kernel == "flash",
+                           inter_node_gbps=args.inter_node_gbps,
                            calibration_file=args.calibration_file)
         if args.evaluate:
             from megatron_llm.planner.predict import predict

@@ -24,7 +24,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="read this saved `nvidia-smi topo -m` output instead of running nvidia-smi")
     p.add_argument("--sysfs-infiniband", default="/sys/class/infiniband", metavar="DIR",
                    help="where HCAs are read from (default /sys/class/infiniband)")
+    g = p.add_argument_group("preview the communication settings a GPU run would get on this node")
+    g.add_argument("--world-size", type=int, default=None, help="ranks of the run (enables the preview)")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
+    g.add_argument("--gpus-per-node", type=int, default=8)
     return p
+
+
+def _preview(args, node) -> list:
+    from megatron_llm.parallel import comm_tuning as ct
+
+    shape = ct.RunShape("cuda", args.world_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                        args.num_layers_per_virtual_pipeline_stage, True, args.gpus_per_node)
+    return ct.decide_flags(shape, {}) + ct.decide_env(shape, node, os.environ)
 
 
 def _text(node, alloc) -> str:
@@ -89,11 +103,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     first_task = os.environ.get("SLURM_PROCID", "0") == "0"
     alloc = discover_allocation() if first_task else None
+    decisions = _preview(args, node) if args.world_size else []
     if args.json:
         out = {"node": node.as_dict()}
         if alloc is not None:
             out["allocation"] = alloc.as_dict()
+        if decisions:
+            out["comm_decisions"] = [{"name": d.name, "value": d.value, "reason": d.reason, "source": d.source}
+                                     for d in decisions]
         print(json.dumps(out))
     else:
         print(_text(node, alloc))
+        if decisions:
+            from megatron_llm.parallel.comm_tuning import report
+
+            print("communication settings a GPU run of this layout would get here:")
+            print(report(decisions, prefix=" "))
     return 0

@@ -15,6 +15,7 @@ CPU path is what the equivalence tests pin down. Torch-free: used by `train`, `s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, MutableMapping, Optional
 
@@ -161,7 +162,7 @@ def decide_env(shape: RunShape, node, environ: Mapping[str, str]) -> List[Decisi
         return out
     active = [h for h in node.hcas if h.usable]
     near = sorted({g.nearest_hca for g in node.gpus if g.nearest_hca},
-                  key=lambda n: [int(t) if t.isdigit() else t for t in __import__("re").split(r"(\d+)", n)])
+                  key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
     near_active = [n for n in near if any(h.name == n for h in active)] if active else near
     if not node.hcas:
         env("NCCL_IB_HCA", None, "no InfiniBand/RoCE HCA found (/sys/class/infiniband): NCCL uses sockets")
@@ -214,6 +215,24 @@ def apply(cfg, decisions: List[Decision], environ: Optional[MutableMapping[str, 
 
 def report(decisions: List[Decision], prefix: str = "[megatron-llm comm]") -> str:
     return "\n".join(f"{prefix} {d.line()}" for d in decisions)
+
+
+def tune_rank(cfg, environ: Optional[MutableMapping[str, str]] = None) -> List[Decision]:
+    """In a training rank, before CUDA and the process groups start: fill the settings the user left open for
+    this device and layout, set CUDA_DEVICE_MAX_CONNECTIONS; rank 0 prints every decision with its reason."""
+    import os
+
+    from megatron_llm.parallel.device import resolve_device  # torch, lazily: only ranks get here
+
+    environ = os.environ if environ is None else environ
+    world = int(environ.get("WORLD_SIZE", "1"))
+    per_node = re.match(r"\d+", environ.get("LOCAL_WORLD_SIZE") or environ.get("SLURM_NTASKS_PER_NODE") or "")
+    decisions = decide(cfg, world, resolve_device(cfg.launch.device), environ=environ,
+                       gpus_per_node=int(per_node.group()) if per_node else world)
+    apply(cfg, decisions, environ)
+    if int(environ.get("RANK", "0")) == 0:
+        print(report(decisions), flush=True)
+    return decisions
 
 
 def rank_groups(world_size: int, tp: int, pp: int, tp_pp_dp: bool) -> Dict[str, List[List[int]]]:

@@ -36,6 +36,8 @@ class Layout:
             out.append("--sequence-parallel")
         if self.recompute != "none":
             out += ["--recompute-granularity", self.recompute]
+            if self.recompute == "full":  # every layer, one at a time (Megatron-LM's flags for it)
+                out += ["--recompute-method", "uniform", "--recompute-num-layers", "1"]
         if not self.distributed_optimizer:
             out.append("--no-use-distributed-optimizer")
         return out

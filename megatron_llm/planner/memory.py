@@ -21,6 +21,9 @@ from megatron_llm.config.model import ModelConfig
 from megatron_llm.planner.layout import Layout
 
 GiB = 2 ** 30
+ACTIVATION_IMPLS = ("fused", "local")
+UNFUSED_SCORE_BYTES = 6  # fp32 softmax output + bf16 probabilities per score element (see activation_bytes_per_layer)
+LOGITS_BYTES = 10  # per logit at the start of the loss backward: fp32 softmax (4) + its fp32 gradient (4) + bf16 (2)
 
 
 def padded_vocab(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
@@ -31,11 +34,13 @@ def padded_vocab(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
 
 def layer_param_numels(m: ModelConfig, tp: int, gated_mlp: bool = True) -> List[int]:
     """Parameters of one transformer layer on one TP rank, in registration order (megatron-core local spec:
-    input norm, QKV, output projection, pre-MLP norm, fc1, fc2)."""
+    input norm, output projection (Attention.__init__), QKV (SelfAttention.__init__, after super), pre-MLP norm,
+    fc1, fc2). The order places the shard boundaries of the distributed optimizer."""
     h, f, d = m.hidden_size, m.ffn_hidden_size, m.head_dim
     q, kv = m.num_attention_heads * d, m.num_query_groups * d
     fc1 = (2 if gated_mlp else 1) * f
-    return [h, (q + 2 * kv) // tp * h, h * q // tp, h, fc1 // tp * h, h * f // tp]
+    qkv_bias = [(q + 2 * kv) // tp] if getattr(m, "add_qkv_bias", False) else []  # Qwen2
+    return [h, h * q // tp, (q + 2 * kv) // tp * h, *qkv_bias, h, fc1 // tp * h, h * f // tp]
 
 
 def chunk_param_numels(m: ModelConfig, layout: Layout, vocab: int, stage: int, chunk: int,
@@ -48,6 +53,8 @@ def chunk_param_numels(m: ModelConfig, layout: Layout, vocab: int, stage: int, c
     out: List[int] = []
     if first:
         out.append(vocab // layout.tp * m.hidden_size)  # word embeddings (RoPE: no position table)
+        if getattr(m, "use_stable_embedding", False):  # Open-Llama: LayerNorm weight + bias after the lookup
+            out += [m.hidden_size, m.hidden_size]
     for _ in range(layers):
         out += layer_param_numels(m, layout.tp, gated_mlp)
     if last:
@@ -131,53 +138,64 @@ def state_bytes(m: ModelConfig, layout: Layout, vocab: int, stage: int, dp_rank:
 
 
 def activation_bytes_per_layer(m: ModelConfig, layout: Layout, seq: int, gated_mlp: bool = True,
-                               flash_attention: bool = True) -> float:
+                               flash_attention: bool = True, impl: str = "fused") -> float:
     """Activations one layer keeps for the backward pass, per micro-batch, on one GPU (16-bit activations).
 
-    Korthikanti et al.'s count for a GPT layer is s b h (34 + 5 a s / h) bytes; here the same bookkeeping for a
-    Llama layer without dropout: norms 2 x 2sbh (inputs), QKV input 2sbh, Q 2sbh and K, V 2 x 2sbh x g/a (after
-    RoPE), attention output 2sbh (+ the softmax probabilities 2 a s^2 b when the scores are materialised; flash
-    attention keeps only fp32 log-sum-exp, 4 a s b), output projection input 2sbh, MLP input 2sbh, fc1 output
-    2 x sbf (x2 gated), activation output 2sbf. Tensor parallelism splits everything but the norm and block
-    inputs (4 x 2sbh), which sequence parallelism splits too. Selective recompute drops the softmax term; full
-    recompute keeps only the layer input (2sbh, split by SP).
+    Korthikanti et al.'s count for a GPT layer is s b h (34 + 5 a s / h) bytes; here the same bookkeeping for the
+    trainer's Llama layers (no dropout), per implementation (--transformer-impl):
+      fused (ours: fused RMSNorm, SDPA with native GQA, fused SwiGLU): each norm keeps its 16-bit input (2sbh),
+        QKV input 2sbh, Q/K/V 2sbh (1 + 2g/a), SDPA output 2sbh and the projection's input 2sbh, MLP input 2sbh,
+        SwiGLU input 2 x 2sbf and fc2 input 2sbf; flash attention keeps fp32 log-sum-exp (4asb);
+      local (megatron-core's local modules, no apex): the fp32 RMSNorm keeps x and y in fp32 (2 x 4sbh each),
+        K/V are expanded to all heads (3 x 2sbh), the unfused GLU keeps gate, up and silu(gate) (3 x 2sbf) besides
+        fc2's input (2sbf), and materialised scores cost UNFUSED_SCORE_BYTES each (fp32 softmax output 4 +
+        bf16 probabilities 2; Korthikanti's 5 = 2 + 1 dropout mask + 2 dropout output is for apex's fused kernel
+        with attention dropout).
+    Tensor parallelism splits everything but the norm and block inputs, which sequence parallelism splits too.
+    Selective recompute drops the attention core's term; full recompute keeps only the layer input (2sbh, split
+    by SP).
     """
+    if impl not in ACTIVATION_IMPLS:
+        raise ValueError(f"impl must be one of {ACTIVATION_IMPLS}, got {impl!r}")
     s, b, h, f = seq, layout.micro_batch_size, m.hidden_size, m.ffn_hidden_size
     t = layout.tp
     a = m.num_attention_heads
     gq = m.num_query_groups / a
+    sbh, sbf = s * b * h, s * b * f
     if layout.recompute == "full":
-        return 2 * s * b * h / (t if layout.sequence_parallel else 1)
-    replicated = 4 * 2 * s * b * h  # two norm inputs, QKV input, MLP input (full h on every TP rank without SP)
-    split = (2 * s * b * h * (1 + 2 * gq)  # Q, K, V
-             + 2 * s * b * h  # attention output
-             + 2 * s * b * h  # output-projection input (kept by the row-parallel linear)
-             + 2 * s * b * f * (2 if gated_mlp else 1)  # fc1 output
-             + 2 * s * b * f)  # activation output = fc2 input
+        return 2 * sbh / (t if layout.sequence_parallel else 1)
+    gate = 2 if gated_mlp else 1
+    if impl == "local":
+        replicated = 2 * 8 * sbh + 2 * sbh + 2 * sbh  # two fp32 norms (x, y), QKV input, MLP input
+        split = 3 * 2 * sbh + 2 * sbh + (8 if gated_mlp else 4) * sbf
+    else:
+        replicated = 2 * 2 * sbh + 2 * sbh + 2 * sbh  # two norm inputs, QKV input, MLP input
+        split = 2 * sbh * (1 + 2 * gq) + 2 * sbh + 2 * sbh + 2 * gate * sbf + 2 * sbf
     if layout.recompute != "selective":
-        split += 4 * a * s * b if flash_attention else 2 * a * s * s * b
+        split += 4 * a * s * b if flash_attention else UNFUSED_SCORE_BYTES * a * s * s * b
     if layout.sequence_parallel:
         return (replicated + split) / t
     return replicated + split / t
 
 
 def activation_bytes(m: ModelConfig, layout: Layout, seq: int, vocab: int, num_microbatches: int,
-                     gated_mlp: bool = True, flash_attention: bool = True) -> float:
+                     gated_mlp: bool = True, flash_attention: bool = True, impl: str = "fused") -> float:
     """Peak activation memory on the first pipeline stage (the one holding the most micro-batches in flight):
     1F1B keeps min(PP, micro-batches) micro-batches of its L/PP layers; the interleaved schedule keeps
     (1 + (PP-1)/(PP v)) times that (Korthikanti et al. eq. 5 / Narayanan et al. 2021 section 2.2). Plus the
-    logits on the last stage: fp32 logits and their softmax, 2 x 4 s b V/t bytes (counted with stage 0 to stay
-    conservative when PP = 1)."""
+    logits on the last stage: LOGITS_BYTES x s b V/t at the start of the loss backward (megatron-core's
+    vocab-parallel cross entropy keeps the fp32 softmax; its fp32 gradient and the bf16 copy for the output layer
+    follow); counted when PP = 1 (with PP > 1 the last stage holds fewer micro-batches)."""
     v = layout.virtual_stages(m.num_layers)
     layers_per_stage = m.num_layers / layout.pp
     in_flight = min(layout.pp, num_microbatches)
     factor = 1 + (layout.pp - 1) / (layout.pp * v) if v > 1 else 1
-    per_layer = activation_bytes_per_layer(m, layout, seq, gated_mlp, flash_attention)
+    per_layer = activation_bytes_per_layer(m, layout, seq, gated_mlp, flash_attention, impl)
     acts = per_layer * layers_per_stage * in_flight * factor
     # Full recompute re-materialises one layer's activations during its backward.
     if layout.recompute == "full":
-        acts += activation_bytes_per_layer(m, _no_recompute(layout), seq, gated_mlp, flash_attention)
-    logits = 2 * 4 * seq * layout.micro_batch_size * vocab / layout.tp if layout.pp == 1 else 0
+        acts += activation_bytes_per_layer(m, _no_recompute(layout), seq, gated_mlp, flash_attention, impl)
+    logits = LOGITS_BYTES * seq * layout.micro_batch_size * vocab / layout.tp if layout.pp == 1 else 0
     embedding_out = 2 * seq * layout.micro_batch_size * m.hidden_size * in_flight
     return acts + logits + embedding_out
 
@@ -202,11 +220,11 @@ class MemoryEstimate:
 
 def estimate_memory(m: ModelConfig, layout: Layout, seq: int, vocab: int, num_microbatches: int,
                     dtype: str = "bf16", bucket_size: Optional[int] = None, gated_mlp: bool = True,
-                    flash_attention: bool = True) -> MemoryEstimate:
+                    flash_attention: bool = True, impl: str = "fused") -> MemoryEstimate:
     """The most loaded GPU: the larger of the first stage (embeddings + most activations) and the last (output
     layer + logits)."""
     first = state_bytes(m, layout, vocab, 0, 0, dtype, bucket_size, gated_mlp)
     last = state_bytes(m, layout, vocab, layout.pp - 1, 0, dtype, bucket_size, gated_mlp)
     st = first if first.total >= last.total else last
-    acts = activation_bytes(m, layout, seq, vocab, num_microbatches, gated_mlp, flash_attention)
+    acts = activation_bytes(m, layout, seq, vocab, num_microbatches, gated_mlp, flash_attention, impl)
     return MemoryEstimate(st.params / GiB, st.grads / GiB, st.optimizer / GiB, acts / GiB)

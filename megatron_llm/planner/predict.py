@@ -29,6 +29,7 @@ class Problem:
     gpu: GpuSpec
     gated_mlp: bool = True
     flash_attention: bool = True
+    impl: str = "fused"  # the trainer's layer implementation (--transformer-impl): fused | local
     dtype: str = "bf16"
     vocab_divisible_by: int = 128
 
@@ -70,7 +71,7 @@ def predict(pb: Problem, layout: Layout, bucket_size: Optional[int] = None) -> P
     vocab = padded_vocab(pb.vocab_size, layout.tp, pb.vocab_divisible_by)
     mb = pb.global_batch_size // (layout.micro_batch_size * layout.dp)
     mem = estimate_memory(m, layout, pb.seq_length, vocab, mb, pb.dtype, bucket_size, pb.gated_mlp,
-                          pb.flash_attention)
+                          pb.flash_attention, pb.impl)
     t = step_time(m, layout, pb.seq_length, pb.global_batch_size, vocab, pb.gpu, pb.gpus_per_node, pb.gated_mlp,
                   pb.flash_attention)
     # Model FLOPs use the tokenizer's vocabulary; hardware FLOPs the padded one plus recomputation.

@@ -15,9 +15,19 @@ class PlanError(ValueError):
     """A plan request that cannot be answered; the message names the flag to fix."""
 
 
+def config_value(cfg: RunConfig, name: str, default=None):
+    """A field of whichever config section has it (sections move as features land), else default."""
+    for section in RunConfig.SECTIONS:
+        obj = getattr(cfg, section, None)
+        if obj is not None and hasattr(obj, name):
+            value = getattr(obj, name)
+            return default if value is None else value
+    return default
+
+
 def vocab_divisible_by(cfg: RunConfig) -> int:
     """The trainer's --make-vocab-size-divisible-by when config has it, else Megatron-LM's 128."""
-    return int(getattr(cfg.model, "make_vocab_size_divisible_by", None) or 128)
+    return int(config_value(cfg, "make_vocab_size_divisible_by", 128))
 
 
 def model_for_plan(cfg: RunConfig, swiglu: bool, ffn_given: bool) -> ModelConfig:
@@ -30,8 +40,16 @@ def model_for_plan(cfg: RunConfig, swiglu: bool, ffn_given: bool) -> ModelConfig
     return m
 
 
+def trainer_impl(cfg: RunConfig) -> str:
+    """The layer implementation a GPU run of `train` uses: --transformer-impl when config has it (None: fused
+    on CUDA), else megatron-core's local modules (the only ones before the fused spec existed)."""
+    if not any(hasattr(getattr(cfg, s, None), "transformer_impl") for s in RunConfig.SECTIONS):
+        return "local"
+    return "local" if config_value(cfg, "transformer_impl", "fused") == "local" else "fused"
+
+
 def build_problem(cfg: RunConfig, gpus: int, gpu_type: str, gpus_per_node: int, swiglu: bool = True,
-                  ffn_given: bool = True, inter_node_gbps: Optional[float] = None, flash_attention: bool = True,
+                  ffn_given: bool = True, inter_node_gbps: Optional[float] = None,
                   calibration_file: Optional[str] = None) -> Problem:
     if gpus < 1:
         raise PlanError(f"--gpus {gpus}: need at least one GPU")
@@ -50,7 +68,8 @@ def build_problem(cfg: RunConfig, gpus: int, gpu_type: str, gpus_per_node: int, 
     return Problem(model=model_for_plan(cfg, swiglu, ffn_given), seq_length=cfg.data.seq_length,
                    global_batch_size=gbs, vocab_size=int(cfg.model.vocab_size), num_gpus=gpus,
                    gpus_per_node=min(gpus, gpus_per_node), gpu=gpu, gated_mlp=swiglu,
-                   flash_attention=flash_attention, dtype=dtype, vocab_divisible_by=vocab_divisible_by(cfg))
+                   flash_attention=trainer_impl(cfg) != "local", impl=trainer_impl(cfg), dtype=dtype,
+                   vocab_divisible_by=vocab_divisible_by(cfg))
 
 
 def fixed_layout(cfg: RunConfig, pb: Problem, recompute: str) -> Layout:

@@ -56,4 +56,4 @@ def search(pb: Problem, recompute: Sequence[str] = ("none", "selective", "full")
     """Every layout that fits, fastest first (ties: less memory)."""
     preds = [predict(pb, lay) for lay in candidate_layouts(pb, recompute, tp, pp)]
     fit = [p for p in preds if p.fits]
-    return sorted(fit, key=lambda p: (round(p.time.total_s, 6), p.memory.total_gb))
+    return sorted(fit, key=lambda p: (p.time.total_s, p.memory.total_gb))

@@ -143,11 +143,9 @@ def step_time(m: ModelConfig, layout: Layout, seq: int, global_batch: int, vocab
     # Data parallel over the GPUs holding the same shard: inside a node only when TP x PP x DP fits in one.
     numels = sum(sum(chunk_param_numels(m, layout, vocab, 0, c, gated_mlp)) for c in range(v))
     dp_inside = t * layout.pp * layout.dp <= gpus_per_node
+    # Beyond a node the ring runs over the HCAs; with several DP ranks per node each GPU still moves its share
+    # over its own rail (one HCA per GPU), so the per-GPU figure is the bound.
     dp_bw, dp_lat = _link(gpu, dp_inside)
-    if not dp_inside and t * layout.pp < gpus_per_node:
-        # Several DP ranks per node share the node's HCAs: NCCL's ring still moves each GPU's share over its
-        # own rail, so the per-GPU NIC figure stays the bound (hierarchical rings).
-        pass
     if layout.distributed_optimizer:
         dp = (_ring(4 * numels, layout.dp, dp_bw, dp_lat, "reduce_scatter")
               + _ring(2 * numels, layout.dp, dp_bw, dp_lat, "all_gather"))

@@ -8,6 +8,7 @@ directory that looks complete, and `latest` never names one that is not.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from typing import Any, Dict, List, Optional
@@ -110,12 +111,51 @@ def _ensure_optimizer_state(optimizer) -> None:
             opt._init_optimizer_states_with_dummy_values()
 
 
+def _distributed_optimizers(optimizer) -> List[Any]:
+    return [o for o in getattr(optimizer, "chained_optimizers", [optimizer])
+            if hasattr(o, "model_param_group_index_map")]
+
+
+def _in_buffer_coordinates(opt, state):
+    """Fix for megatron-core 0.16's fully-reshardable save with several DDP buckets (--overlap-grad-reduce):
+    get_parameter_state_dp_zero concatenates the buckets without the padding at each bucket's end, but
+    sharded_param_state_fully_reshardable slices that by param_index_map, whose offsets count the padding, so every
+    parameter after the first bucket was saved shifted (a resume then drifted). Put the padding back."""
+    if state is None:
+        return state
+    for gbuf_idx, buffer in enumerate(opt.buffers):
+        for world in state[gbuf_idx].values():
+            for key, flat in list(world.items()):
+                if not isinstance(flat, torch.Tensor):
+                    continue
+                padded = torch.zeros(buffer.numel, dtype=flat.dtype, device=flat.device)
+                src = 0
+                for bucket in buffer.buckets:
+                    padded[bucket.offset:bucket.offset + bucket.numel_unpadded] = flat[src:src + bucket.numel_unpadded]
+                    src += bucket.numel_unpadded
+                world[key] = padded
+    return state
+
+
+def _optimizer_sharded_state_dict(optimizer, model_sd, is_loading: bool):
+    subs = _distributed_optimizers(optimizer)
+    for opt in subs:
+        opt.get_parameter_state_dp_zero = (
+            lambda *a, _opt=opt, _orig=opt.get_parameter_state_dp_zero, **kw: _in_buffer_coordinates(
+                _opt, _orig(*a, **kw)))
+    try:
+        return optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
+    finally:
+        for opt in subs:
+            del opt.get_parameter_state_dp_zero  # back to the class method
+
+
 def _load_optimizer_state(optimizer, state) -> None:
     """optimizer.load_state_dict, with two fixes for megatron-core 0.16's torch-Adam path (no apex/TE):
     its fully-reshardable load copies every per-parameter state key but the checkpoint keeps Adam's 'step' in the
     param groups only (KeyError 'step'), and it restores one shared 'step' tensor into every parameter's state,
     which torch's foreach Adam would then increment once per parameter."""
-    subs = [o for o in getattr(optimizer, "chained_optimizers", [optimizer]) if hasattr(o, "model_param_group_index_map")]
+    subs = _distributed_optimizers(optimizer)
     for opt in subs:
         def copy_states(model_param, tensors, _opt=opt, _orig=opt._set_main_param_and_optimizer_states):
             group, order = _opt.model_param_group_index_map[model_param]
@@ -145,7 +185,7 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
         # own 'decoder.layers.0...'), so merging them into one dict dropped all but the last chunk's parameters and
         # the optimizer's lookup by parameter failed with virtual stages (Megatron-LM passes the nested dict too).
         model_sd = {k: sd[k] for k in model_keys(len(model))}
-        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
+        sd["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sd, is_loading)
         sd["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         sd["rng_state"] = _rng_sharded_object(is_loading)
@@ -153,19 +193,37 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
     sd["consumed_samples"] = consumed
     sd["layout"] = _layout()
     sd["vocab"] = _vocab(model)
+    sd["model_config"] = dataclasses.asdict(cfg.model)  # the shape, for tools that rebuild the model (convert)
     sd["format_version"] = FORMAT_VERSION
     return sd
 
 
 def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: int,
          data_state: Optional[Dict[str, int]] = None, async_queue=None) -> str:
-    """Write iter_N.tmp, then publish it (rename, tracker). data_state: what the training data order was built
-    with (data_order.py), restored by load(). With `async_queue` (--async-save, a megatron-core AsyncCallsQueue)
-    the shards are written in the background and publishing is the request's finalize step, run on every rank
-    once every rank's writer is done (training/async_checkpoint.py)."""
+    """A training checkpoint in --save. data_state: what the training data order was built with (data_order.py),
+    restored by load(). async_queue: --async-save (see write)."""
+    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
+                     iteration=iteration, consumed=consumed)
+    sd["data"] = dict(data_state or {})
+    return write(cfg.checkpoint.save, iteration, sd, keep=cfg.checkpoint.keep_last, async_queue=async_queue)
+
+
+def save_weights(cfg: RunConfig, model, root: str, iteration: int = 0,
+                 extra: Optional[Dict[str, Any]] = None) -> str:
+    """A weights-only checkpoint (no optimizer, no RNG) that `--load ROOT --finetune` continues from; `extra`
+    goes into the common state (read back with dist_checkpointing.load_common_state_dict)."""
+    sd = _state_dict(cfg, model, None, None, is_loading=False, with_optim=False, with_rng=False,
+                     iteration=iteration)
+    sd.update(extra or {})
+    return write(root, iteration, sd)
+
+
+def write(root: str, iteration: int, sd: Dict[str, Any], keep: Optional[int] = None, async_queue=None) -> str:
+    """Save a sharded state dict as <root>/iter_N: written to iter_N.tmp, then published (all ranks). With
+    `async_queue` (a megatron-core AsyncCallsQueue) the shards are written in the background and publishing is the
+    request's finalize step, run on every rank once every rank's writer is done (training/async_checkpoint.py)."""
     from megatron.core import dist_checkpointing
 
-    root = cfg.checkpoint.save
     final = checkpoint_dir(root, iteration)
     tmp = final + ".tmp"
     rank = dist.get_rank()
@@ -174,25 +232,21 @@ def save(cfg: RunConfig, model, optimizer, scheduler, iteration: int, consumed: 
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed save
         os.makedirs(tmp)
     dist.barrier()
-    sd = _state_dict(cfg, model, optimizer, scheduler, is_loading=False, with_optim=True, with_rng=True,
-                     iteration=iteration, consumed=consumed)
-    sd["data"] = dict(data_state or {})
     if async_queue is None:
         dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA)
-        publish(cfg, iteration)
+        publish(root, iteration, keep)
     else:
         request = dist_checkpointing.save(sd, tmp, content_metadata=OPTIM_METADATA, async_sharded_save=True)
-        request.add_finalize_fn(lambda: publish(cfg, iteration))
+        request.add_finalize_fn(lambda: publish(root, iteration, keep))
         async_queue.schedule_async_request(request)
     return final
 
 
-def publish(cfg: RunConfig, iteration: int) -> None:
-    """Every rank's shard of iter_N.tmp is written: rename it to iter_N, point the tracker at it, apply
-    --keep-last. A collective."""
+def publish(root: str, iteration: int, keep: Optional[int] = None) -> None:
+    """Every rank's shard of iter_N.tmp is written: rename it to iter_N, point the tracker at it, keep the newest
+    `keep` (--keep-last). A collective."""
     from megatron_llm.training.checkpoint_files import keep_last
 
-    root = cfg.checkpoint.save
     final = checkpoint_dir(root, iteration)
     dist.barrier()
     if dist.get_rank() == 0:
@@ -201,8 +255,8 @@ def publish(cfg: RunConfig, iteration: int) -> None:
         os.replace(final + ".tmp", final)
         atomic_write_text(os.path.join(root, TRACKER), f"{iteration}\n")
         print(f"[megatron-llm] saved checkpoint at iteration {iteration} to {final}", flush=True)
-        if cfg.checkpoint.keep_last:
-            keep_last(root, cfg.checkpoint.keep_last, iteration)
+        if keep:
+            keep_last(root, keep, iteration)
     dist.barrier()
 
 
@@ -232,6 +286,8 @@ def load(cfg: RunConfig, model, optimizer, scheduler) -> Optional[Dict[str, int]
     if with_optim:
         _load_optimizer_state(optimizer, loaded["optimizer"])
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    elif optimizer is not None:
+        optimizer.reload_model_params()  # fp32 main copies of bf16/fp16 weights were made from the initial ones
     if with_rng:
         from megatron.core import tensor_parallel
 

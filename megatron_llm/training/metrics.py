@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from megatron_llm.config.training import RunConfig
-from megatron_llm.perf.flops import flops_per_iteration
+from megatron_llm.perf.flops import attention_counted, flops_per_iteration
 from megatron_llm.perf.peaks import resolve_peak
 from megatron_llm.perf.peaks import training_dtype as peak_dtype
 from megatron_llm.perf.throughput import host_rss_gb, throughput
@@ -49,19 +49,6 @@ def peak_tflops(cfg: RunConfig, device: str) -> Optional[float]:
 def local_mem_gb(device: str) -> float:
     """This rank's peak memory: GPU memory allocated on CUDA, resident host memory on CPU."""
     return (torch.cuda.max_memory_allocated() / 2 ** 30) if device == "cuda" else host_rss_gb()
-
-
-def max_over_ranks(value: float, device: str) -> float:
-    """Max of a per-rank figure over the world (one tiny all-reduce; call it on every rank, at log intervals only).
-    Pipeline stage 0 holds the most activations while the logging rank is the last stage."""
-    import torch.distributed as dist
-
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if device == "cuda":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
 
 
 def drop_records_after(path: str, iteration: int) -> int:
@@ -115,7 +102,7 @@ class MetricsLogger:
             self.info(f"MFU not applicable: {why}")
         else:
             self.info(f"MFU against {self.peak:.0f} TFLOP/s dense {training_dtype(cfg)} per device; "
-                      f"model FLOPs/iteration {self.flops_per_iteration:.4e} (full attention counted)")
+                      f"model FLOPs/iteration {self.flops_per_iteration:.4e} ({attention_counted(cfg.model)})")
 
     def log_iteration(self, iteration: int, m: Dict[str, Any], consumed: int) -> Dict[str, Any]:
         tp = throughput(self.flops_per_iteration, self.global_batch_size * self.cfg.data.seq_length,

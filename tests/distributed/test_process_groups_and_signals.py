@@ -1,4 +1,4 @@
-"""--distributed-timeout-minutes reaches every process group; per-rank figures reduce to the max; a stop signal
+"""--distributed-timeout-minutes reaches every process group; the health exchange reports the max memory over ranks; a stop signal
 saves before (instead of) evaluating."""
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from trainrun import MODEL, VOCAB, make_dataset
+from trainrun import MODEL, VOCAB, make_dataset, signal_after
 
 RANK_SCRIPT = r"""
 import json, os, torch
 from megatron_llm.config.arguments import build_config
 from megatron_llm.training.initialize import initialize, shutdown
-from megatron_llm.training.metrics import max_over_ranks
+import megatron_llm.training.health as health
 from megatron.core import parallel_state as ps
 cfg = build_config({"device": "cpu", "distributed_timeout_minutes": 3.5, "tokenizer_type": "NullTokenizer",
                     "vocab_size": 64, "mock_data": True, "pipeline_model_parallel_size": 2, "num_layers": 2})
@@ -28,13 +27,14 @@ def minutes(group):
     return group._get_backend(torch.device("cpu")).options._timeout.total_seconds() / 60
 groups = {"world": torch.distributed.distributed_c10d._get_default_group(), "dp": ps.get_data_parallel_group(),
           "tp": ps.get_tensor_model_parallel_group(), "pp": ps.get_pipeline_model_parallel_group()}
-print(json.dumps({"timeouts": {k: minutes(g) for k, g in groups.items()},
-                  "max": max_over_ranks(10.0 * info.rank + 1.5, "cpu")}))
+health.memory_gb = lambda device: 10.0 * info.rank + 1.5  # this rank's "peak memory"
+report = health.HealthMonitor(cfg, info).exchange(False)
+print(json.dumps({"timeouts": {k: minutes(g) for k, g in groups.items()}, "max": report.mem_gb_max}))
 shutdown()
 """
 
 
-def test_timeout_reaches_every_group_and_max_over_ranks():
+def test_timeout_reaches_every_group_and_memory_max_over_ranks():
     from megatron_llm.launch.local import free_port
 
     port = free_port()
@@ -73,21 +73,8 @@ def test_stop_signal_saves_and_does_not_evaluate(tmp_path):
             str(VOCAB), "--data-path", data, "--split", "90,10,0", "--train-iters", "3000", "--eval-interval", "1",
             "--eval-iters", "2", "--micro-batch-size", "2", "--global-batch-size", "4", "--save", str(ckpt),
             "--tensorboard-dir", str(tmp_path / "tb")]
-    log = tmp_path / "train.log"
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        metrics = tmp_path / "tb" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGUSR1)
-        try:
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-    out = log.read_text()
-    assert proc.returncode == EXIT_CODE_REQUEUE, out[-3000:]
+    returncode, out = signal_after(args, tmp_path, 4, signal.SIGUSR1)
+    assert returncode == EXIT_CODE_REQUEUE, out[-3000:]
     saved = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
     evaluated = [int(n) for n in re.findall(r"validation loss at iteration (\d+)", out)]
     assert evaluated and max(evaluated) == saved - 1, (evaluated, saved)

@@ -73,6 +73,9 @@ class LocalSlurmCluster:
             (self.root / d).mkdir(parents=True, exist_ok=True)
         r = self.root
         node_ports = f"{ports[1]}-{ports[-1]}" if len(self.nodes) > 1 else str(ports[1])
+        leaves = [f"SwitchName=leaf{i} Nodes={n}" for i, n in enumerate(self.nodes)]
+        (self.root / "topology.conf").write_text("\n".join(
+            leaves + [f"SwitchName=spine Switches=leaf[0-{len(self.nodes) - 1}]", ""]))
         self.conf.write_text("\n".join([
             "ClusterName=mllmtest",
             f"SlurmctldHost={host}",
@@ -103,6 +106,8 @@ class LocalSlurmCluster:
             "KillWait=30",
             "InactiveLimit=0",
             "JobCompType=jobcomp/filetxt",
+            # a switch tree (topology.conf beside slurm.conf): one leaf switch per node under one spine
+            "TopologyPlugin=topology/tree",
             f"JobCompLoc={r}/logs/jobcomp.txt",
             f"NodeName=n[1-{len(self.nodes)}] NodeHostname=localhost NodeAddr=127.0.0.1 Port={node_ports} "
             f"CPUs={self.cpus} State=UNKNOWN",

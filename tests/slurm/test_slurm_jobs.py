@@ -74,6 +74,9 @@ def test_two_node_training_job(slurm, slurm_env, data, tmp_path):
     assert any(f"start on n[1-2] (rendezvous 127.0.0.1:{port})" in e for e in ev), ev
     assert ev[-1].endswith("trainer exited with 0")
     assert (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+    # comm_env.sh was sourced (nothing to export for a CPU job) and rank 0 printed the tuner's decisions
+    assert (run / "comm_env.sh").is_file() and "could not decide" not in log
+    assert "[megatron-llm comm] --overlap-grad-reduce=off [auto]: CPU (gloo) run" in log
 
 
 def test_warning_signal_checkpoints_requeues_and_resumes(slurm, slurm_env, data, tmp_path):
@@ -198,3 +201,18 @@ def test_bad_submissions_submit_nothing(case, slurm, slurm_env, data, tmp_path):
     assert expected in proc.stderr
     assert not run.exists()  # no script, no record
     assert set(slurm.job_ids()) == before
+
+
+def test_topo_under_srun_reports_every_node_and_the_switch_tree(slurm, slurm_env, tmp_path):
+    """`srun --ntasks-per-node=1 megatron-llm topo --json`: one report per node; the first task adds the
+    allocation's nodes and the switch tree Slurm itself prints (`scontrol show topology`)."""
+    p = slurm.run(["srun", "-N", "2", "--ntasks-per-node", "1", "-p", slurm.partition, "-t", "00:02:00",
+                   sys.executable, "-m", "megatron_llm.cli", "topo", "--json"], env=slurm_env, timeout=120)
+    reports = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert len(reports) == 2, p.stdout + p.stderr
+    alloc = [r["allocation"] for r in reports if "allocation" in r]
+    assert len(alloc) == 1 and alloc[0]["nodes"] == ["n1", "n2"]
+    assert alloc[0]["source"] == "scontrol show topology"
+    switches = {s["name"]: s for s in alloc[0]["switches"]}
+    assert switches["spine"]["switches"] == ["leaf0", "leaf1"] and switches["spine"]["level"] == 1
+    assert switches["leaf1"]["nodes"] == ["n2"] and switches["leaf0"]["level"] == 0

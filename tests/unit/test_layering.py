@@ -21,6 +21,8 @@ FORBIDDEN = {  # importer package -> packages it must never import
     "launch": {"training", "profiling", "models", "ops", "cli"},
     # The planner runs on login nodes: arithmetic over config + perf only (calibrate.py imports torch lazily).
     "planner": {"training", "launch", "profiling", "cli", "models", "data", "ops", "parallel"},
+    "inference": {"profiling", "cli", "convert"},
+    "convert": {"profiling", "cli"},
 }
 
 

@@ -1,0 +1,1 @@
+"""Checkpoint conversion between HuggingFace directories and megatron_llm distributed checkpoints."""
