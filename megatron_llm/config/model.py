@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 
-ARCHITECTURES = ("llama",)
+ARCHITECTURES = ("llama", "transnormer")
+# Tokens per block of lightning attention (the block-wise linear attention of TransNormerLLM): its FLOPs formula
+# (perf/flops.py) and its kernels (ops/linear_attention.py, csrc/) share this number.
+LIGHTNING_BLOCK_SIZE = 256
 
 
 @dataclass
@@ -32,6 +35,10 @@ class ModelConfig:
     init_method_std: float = 0.02
     # Only implemented families are accepted; a new one adds its name here with its model code.
     architecture: str = field(default="llama", metadata={"help": "model family", "choices": ARCHITECTURES})
+    # TransNormerLLM: layers (0-based) whose token mixer applies LRPE to queries and keys; the released models use
+    # it in the first layer only (their config.json's linear_use_lrpe_list). None: [0].
+    lrpe_layers: Optional[List[int]] = field(default=None, metadata={
+        "help": "transnormer: 0-based layers with LRPE relative positions (default: 0)", "nargs": "*"})
 
     def __post_init__(self) -> None:
         if self.num_query_groups is None:
@@ -41,6 +48,8 @@ class ModelConfig:
             self.ffn_hidden_size = 256 * ((ffn + 255) // 256)
         if self.kv_channels is None:
             self.kv_channels = self.hidden_size // self.num_attention_heads
+        if self.lrpe_layers is None and self.architecture == "transnormer":
+            self.lrpe_layers = [0]
 
     @property
     def head_dim(self) -> int:
@@ -52,8 +61,13 @@ class ModelConfig:
         h, f, d = self.hidden_size, self.ffn_hidden_size, self.head_dim
         q = self.num_attention_heads * d
         kv = self.num_query_groups * d
+        embeddings = v * h * (2 if self.untie_embeddings_and_output_weights else 1)
+        if self.architecture == "transnormer":
+            # q, k, v, u projections + output projection, simple GLU (l1, l2, l3); SRMSNorm has no weights; each LRPE
+            # layer stores one angle per (head, channel) (a tensor of the released checkpoints; fixed here).
+            per_layer = 4 * h * q + q * h + 3 * h * f
+            return self.num_layers * per_layer + len(self.lrpe_layers or []) * q + embeddings
         per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h  # qkv, out proj, SwiGLU (gate+up, down), 2 norms
         per_layer += (q + 2 * kv) if self.add_qkv_bias else 0
-        embeddings = v * h * (2 if self.untie_embeddings_and_output_weights else 1)
         embeddings += 2 * h if self.use_stable_embedding else 0
         return self.num_layers * per_layer + embeddings + h  # + final norm

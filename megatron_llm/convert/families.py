@@ -8,6 +8,8 @@ differ in names, QKV packing and a few config keys:
   baichuan  BaiChuanForCausalLM / BaichuanForCausalLM (Baichuan-7B): q, k, v fused in one W_pack matrix
   open-llama  OpenLlamaForCausalLM (s-JoL's Open-Llama; transformers <= 4.31): stable embedding (LayerNorm after
             the embedding) and shared input/output embedding
+and one linear-attention family, mapped by megatron_llm/models/transnormer_hf.py:
+  transnormer  TransnormerForCausalLM (OpenNLPLab's TransNormerLLM-385M/1B/7B, trust_remote_code)
 """
 
 from __future__ import annotations
@@ -38,7 +40,24 @@ FAMILIES = (
            model_types=("qwen2",)),
     Family("baichuan", ("BaiChuanForCausalLM", "BaichuanForCausalLM"), w_pack=True, model_types=("baichuan",)),
     Family("open-llama", ("OpenLlamaForCausalLM",), model_types=("open-llama",), stable_embedding=True),
+    Family("transnormer", ("TransnormerForCausalLM",), model_types=("transnormer",)),
 )
+_TRANSNORMER_FIELDS = ("architecture", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                       "ffn_hidden_size", "kv_channels", "vocab_size", "norm_epsilon",
+                       "untie_embeddings_and_output_weights", "lrpe_layers", "init_method_std")
+
+
+def _transnormer_config(m: Dict[str, Any]):
+    from megatron_llm.config.model import ModelConfig
+
+    return ModelConfig(**{k: m[k] for k in _TRANSNORMER_FIELDS if k in m})
+
+
+def weight_tensors(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's converted tensors by name: its parameters and TransNormer's LRPE angles (a buffer)."""
+    out = dict(model.named_parameters())
+    out.update({n: b for n, b in model.named_buffers() if n.endswith("self_attention.theta")})
+    return out
 SUPPORTED = ", ".join(a for f in FAMILIES for a in f.architectures)
 
 
@@ -61,6 +80,17 @@ def by_name(name: str) -> Family:
 
 def model_fields(fam: Family, c: Dict[str, Any], where: str) -> Dict[str, Any]:
     """ModelConfig fields (Megatron-LM flag names) for a HF config, refusing what we would convert wrongly."""
+    if fam.name == "transnormer":
+        from megatron_llm.models.transnormer_hf import HFLayoutError, model_config_from_hf
+
+        try:
+            m = model_config_from_hf(c, where)
+        except HFLayoutError as e:
+            raise ConversionError(str(e)) from None
+        fields = {k: getattr(m, k) for k in _TRANSNORMER_FIELDS}
+        return {**fields, "max_position_embeddings": int(c.get("max_position_embeddings", 2048)),
+                "rotary_base": m.rotary_base, "add_qkv_bias": False, "use_stable_embedding": False}
+
     def refuse(what: str) -> None:
         raise ConversionError(f"{where}: {what} is not supported by the converter (architecture "
                               f"{fam.architectures[0]})")
@@ -102,7 +132,12 @@ def model_fields(fam: Family, c: Dict[str, Any], where: str) -> Dict[str, Any]:
 
 
 def hf_config_for(model: Dict[str, Any]) -> Dict[str, Any]:
-    """config.json of a LlamaForCausalLM for a model trained here (no HF config to restore)."""
+    """config.json of a LlamaForCausalLM (or TransnormerForCausalLM) for a model trained here (no HF config to
+    restore)."""
+    if model.get("architecture") == "transnormer":
+        from megatron_llm.models.transnormer_hf import hf_config_from_model
+
+        return hf_config_from_model(_transnormer_config(model))
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
         "num_hidden_layers": model["num_layers"], "hidden_size": model["hidden_size"],
@@ -142,6 +177,12 @@ def _qkv_unpack(qkv: torch.Tensor, groups: int, heads: int, d: int):
 
 def hf_to_megatron(fam: Family, m: Dict[str, Any], get) -> Iterator[Tuple[str, Any]]:
     """(megatron-core parameter name at TP1/PP1, a function returning its tensor from `get(hf_name)`)."""
+    if fam.name == "transnormer":
+        from megatron_llm.models.transnormer_hf import join, tensor_pairs
+
+        for ours, names in tensor_pairs(_transnormer_config(m)):
+            yield ours, (lambda names=names: join([get(n) for n in names]))
+        return
     groups, heads, d = m["num_query_groups"], m["num_attention_heads"], m["kv_channels"]
     yield "embedding.word_embeddings.weight", lambda: get("model.embed_tokens.weight")
     if m.get("use_stable_embedding"):
@@ -170,6 +211,15 @@ def hf_to_megatron(fam: Family, m: Dict[str, Any], get) -> Iterator[Tuple[str, A
 
 def megatron_to_hf(fam: Family, m: Dict[str, Any], get) -> Iterator[Tuple[str, torch.Tensor]]:
     """(HF name, tensor) from `get(megatron-core name)`, in HF's usual order."""
+    if fam.name == "transnormer":
+        from megatron_llm.models.transnormer_hf import split, tensor_pairs
+
+        tm = _transnormer_config(m)
+        for ours, names in tensor_pairs(tm):
+            yield from zip(names, split(get(ours), len(names)))
+        if not tm.untie_embeddings_and_output_weights:
+            yield "lm_head.weight", get("embedding.word_embeddings.weight").clone()  # its own tensor in the file
+        return
     groups, heads, d = m["num_query_groups"], m["num_attention_heads"], m["kv_channels"]
     yield "model.embed_tokens.weight", get("embedding.word_embeddings.weight")
     if m.get("use_stable_embedding"):

@@ -33,7 +33,7 @@ def convert(src: str, out: str, tokenizer: Optional[str] = None, max_shard_bytes
         with session.single_process(cfg):
             model = session.build_model(cfg, info.vocab_rows, "cpu", info.vocab_size)[0]
             session.load_weights(cfg, [model])
-            params = dict(model.named_parameters())
+            params = families.weight_tensors(model)
 
             def get(name: str) -> torch.Tensor:
                 t = params[name].detach()

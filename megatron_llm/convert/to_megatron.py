@@ -30,6 +30,8 @@ def check_layout(m: Dict[str, Any], tp: int, pp: int, vp: Optional[int], where: 
         if value % tp:
             raise ConversionError(f"{where}: {name} = {value} is not divisible by "
                                   f"--tensor-model-parallel-size {tp}")
+    if vp and pp < 2:
+        raise ConversionError("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2")
     per = pp * (vp or 1)
     if m["num_layers"] % per:
         flag = ("--pipeline-model-parallel-size x --num-layers-per-virtual-pipeline-stage" if vp
@@ -47,6 +49,7 @@ def _recipe(m: Dict[str, Any], tp: int, pp: int, vp: Optional[int], dtype: torch
                                            "max_position_embeddings", "rotary_base", "norm_epsilon",
                                            "untie_embeddings_and_output_weights", "add_qkv_bias",
                                            "use_stable_embedding")}
+    r.update({k: m[k] for k in ("architecture", "lrpe_layers") if k in m})  # TransNormerLLM
     r.update(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
              load=os.path.abspath(out), finetune=True)
     if vp:
@@ -65,7 +68,7 @@ def _recipe(m: Dict[str, Any], tp: int, pp: int, vp: Optional[int], dtype: torch
 
 def _fill(model: torch.nn.Module, fam, m: Dict[str, Any], reader: HFReader) -> None:
     """Copy every parameter from the HF tensors, checking each shape; the padded vocabulary rows are zero."""
-    params = dict(model.named_parameters())
+    params = families.weight_tensors(model)
     filled = set()
     read: List[str] = []  # the HF tensors behind the current parameter, for messages
 

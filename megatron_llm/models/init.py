@@ -50,8 +50,11 @@ def global_parameter_names(chunk: torch.nn.Module) -> Iterator[Tuple[str, torch.
         yield name, param, dims.get(id(param))
 
 
-def _is_gated_fc1(name: str) -> bool:
-    return name.endswith("mlp.linear_fc1.weight")
+def _stacked_parts(name: str, gated: bool) -> int:
+    """How many separately sharded tensors a weight stacks: [gate; up] (gated MLP), [q; k; v; u] (TransNormer)."""
+    if gated and name.endswith("mlp.linear_fc1.weight"):
+        return 2
+    return 4 if name.endswith("self_attention.linear_qkvu.weight") else 1
 
 
 def _full_and_slice(name: str, param: torch.nn.Parameter, dim: int | None, tp_rank: int, tp: int, gated: bool):
@@ -60,13 +63,10 @@ def _full_and_slice(name: str, param: torch.nn.Parameter, dim: int | None, tp_ra
         return tuple(param.shape), lambda full: full
     shape = list(param.shape)
     shape[dim] *= tp
-    if gated and _is_gated_fc1(name):
-        # megatron-core keeps [gate_shard; up_shard] per rank: cut each half of [gate; up] separately.
-        def cut(full):
-            gate, up = full.chunk(2, dim=dim)
-            return torch.cat([gate.chunk(tp, dim=dim)[tp_rank], up.chunk(tp, dim=dim)[tp_rank]], dim=dim)
-        return tuple(shape), cut
-    return tuple(shape), lambda full: full.chunk(tp, dim=dim)[tp_rank]
+    parts = _stacked_parts(name, gated)
+    # megatron-core keeps [gate_shard; up_shard] per rank (and we keep [q_r; k_r; v_r; u_r]): cut each part.
+    return tuple(shape), lambda full: torch.cat([p.chunk(tp, dim=dim)[tp_rank] for p in full.chunk(parts, dim=dim)],
+                                                dim=dim)
 
 
 def _seed_for(seed: int, name: str) -> int:

@@ -24,6 +24,16 @@ Attention: "full" counts the whole s x s score matrix (the Megatron-LM paper; DE
 MFU tables), "causal" halves the two attention matmuls (what a causal kernel actually needs; Megatron-LM's own
 logging since core 0.15).  Reports say which one they used.
 
+TransNormerLLM (--architecture transnormer) replaces the two attention matmuls by lightning attention's, per
+token, head (H heads, head dim d; dk = 2d in LRPE layers, whose queries and keys are [x cos, x sin]) and block of
+B = min(LIGHTNING_BLOCK_SIZE, s) tokens, forward:
+    intra-block scores  Q_t K_t^T       2 B dk          each query against the B keys of its block (whole block)
+    intra-block values  P V_t           2 B d
+    inter-block         Q_t S           2 dk d          the query reads the [dk, d] state of earlier blocks
+    state update        K_t^T V_t       2 dk d          the token's share of the next block's state
+("causal" halves the two intra-block terms); its projections are q, k, v, u (2 h 4q) and the output (2 q h), its
+MLP the simple GLU (3 x 2 h f). The cost is linear in s: 4 H dk d + 2 H B (dk + d) per token, whatever s is.
+
 Model FLOPs vs hardware FLOPs (Chowdhery et al. 2022, PaLM, appendix B): MFU divides the FLOPs the model *needs*
 (3 x forward) by time; HFU divides the FLOPs the hardware *executes*, which adds activation recomputation:
   recompute "none"       3 x forward
@@ -41,7 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from megatron_llm.config.model import ModelConfig
+from megatron_llm.config.model import LIGHTNING_BLOCK_SIZE, ModelConfig
 
 RECOMPUTE_CHOICES = ("none", "selective", "full")
 ATTENTION_CHOICES = ("full", "causal")
@@ -66,11 +76,30 @@ class LayerFlops:
         return self.qkv + self.attention_core + self.attention_output + self.mlp
 
 
+def _linear_attention_layer_flops(model: ModelConfig, seq_length: int, attention: str, layer: int) -> LayerFlops:
+    h, f, d = model.hidden_size, model.ffn_hidden_size, model.head_dim
+    heads = model.num_attention_heads
+    q = heads * d
+    dk = 2 * d if layer in set(model.lrpe_layers or []) else d
+    block = min(LIGHTNING_BLOCK_SIZE, seq_length)
+    keys = block / 2 if attention == "causal" else block
+    return LayerFlops(
+        qkv=2.0 * h * 4 * q,  # q, k, v and the output gate u
+        attention_scores=2.0 * keys * dk * heads,
+        attention_values=2.0 * keys * d * heads + 4.0 * dk * d * heads,  # intra-block P V + state read and update
+        attention_output=2.0 * q * h,
+        mlp=3 * 2.0 * h * f,
+    )
+
+
 def layer_forward_flops(model: ModelConfig, seq_length: int, gated_mlp: bool = True,
-                        attention: str = "full") -> LayerFlops:
-    """Per-token forward FLOPs of one layer. gated_mlp=False is the GPT-2/3 GELU MLP (two matrices)."""
+                        attention: str = "full", layer: int = 0) -> LayerFlops:
+    """Per-token forward FLOPs of one layer (`layer`: its 0-based index, which matters for TransNormerLLM's LRPE
+    layers). gated_mlp=False is the GPT-2/3 GELU MLP (two matrices)."""
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+    if model.architecture == "transnormer":
+        return _linear_attention_layer_flops(model, seq_length, attention, layer)
     h, f = model.hidden_size, model.ffn_hidden_size
     q = model.num_attention_heads * model.head_dim
     kv = model.num_query_groups * model.head_dim
@@ -92,8 +121,8 @@ def logits_flops(model: ModelConfig, vocab_size: int) -> float:
 
 def forward_flops_per_token(model: ModelConfig, seq_length: int, vocab_size: int, gated_mlp: bool = True,
                             attention: str = "full") -> float:
-    layer = layer_forward_flops(model, seq_length, gated_mlp, attention)
-    return float(model.num_layers * layer.total + logits_flops(model, vocab_size))
+    layers = _all_layers(model, seq_length, gated_mlp, attention)
+    return float(sum(layer.total for layer in layers) + logits_flops(model, vocab_size))
 
 
 def training_flops_per_token(model: ModelConfig, seq_length: int, vocab_size: int, gated_mlp: bool = True,
@@ -115,13 +144,18 @@ def recompute_flops_per_token(model: ModelConfig, seq_length: int, recompute: st
     """Extra forward FLOPs per token spent recomputing activations in the backward pass."""
     if recompute not in RECOMPUTE_CHOICES:
         raise ValueError(f"recompute must be one of {RECOMPUTE_CHOICES}, got {recompute!r}")
-    layer = layer_forward_flops(model, seq_length, gated_mlp, attention)
+    per_layer = _all_layers(model, seq_length, gated_mlp, attention)
     layers = model.num_layers if recompute_num_layers is None else min(recompute_num_layers, model.num_layers)
     if recompute == "selective":
-        return float(model.num_layers * layer.attention_core)
+        return float(sum(layer.attention_core for layer in per_layer))
     if recompute == "full":
-        return float(layers * layer.total)
+        # Block recompute of the first n layers of each chunk: counted as n average layers.
+        return float(layers * sum(layer.total for layer in per_layer) / model.num_layers)
     return 0.0
+
+
+def _all_layers(model: ModelConfig, seq_length: int, gated_mlp: bool, attention: str):
+    return [layer_forward_flops(model, seq_length, gated_mlp, attention, i) for i in range(model.num_layers)]
 
 
 def hardware_flops_per_token(model: ModelConfig, seq_length: int, vocab_size: int, recompute: str = "none",
@@ -161,9 +195,18 @@ def recompute_from_transformer_config(tc: Any, num_layer_chunks: int = 1) -> tup
     raise ValueError(f"unknown recompute_granularity {gran!r}")
 
 
-def describe_convention(attention: str = "full") -> str:
+def attention_counted(model: ModelConfig) -> str:
+    """How the token mixer enters the FLOPs, in a few words (the metrics log line)."""
+    if model.architecture == "transnormer":
+        return f"lightning linear attention counted, block {LIGHTNING_BLOCK_SIZE}"
+    return "full attention counted"
+
+
+def describe_convention(attention: str = "full", model: Optional[ModelConfig] = None) -> str:
     """One line for reports: which formula the FLOPs figures use."""
     att = ("full s x s attention counted (Megatron-LM paper convention)" if attention == "full"
            else "causal attention halved (Megatron-LM logging since core 0.15)")
+    if model is not None and model.architecture == "transnormer":
+        att = f"{attention_counted(model)} ({'whole blocks' if attention == 'full' else 'intra-block halved'})"
     return (f"model FLOPs = 3 x forward matmul FLOPs (backward = 2 x forward), {att}; "
             f"hardware FLOPs add activation recomputation; see megatron_llm/perf/flops.py")

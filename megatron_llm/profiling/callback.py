@@ -110,7 +110,7 @@ class ProfilerCallback(TrainCallback):
             recompute=recompute if recompute_layers is None else f"{recompute} ({recompute_layers} layers)",
             attention=self.attention, peak_tflops=peak.tflops, peak_description=peak.describe(),
             warmup_iters=self.warmup_iters, profile_iters=self.profile_iters,
-            flops_convention=flops_mod.describe_convention(self.attention),
+            flops_convention=flops_mod.describe_convention(self.attention, m),
             model_shape=shape,
             overlap_grad_reduce=bool(p.overlap_grad_reduce), recipe=cfg.recipe,
             trace_iters=list(self.trace_iters) if self.trace_iters else None,

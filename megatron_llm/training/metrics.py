@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from megatron_llm.config.training import RunConfig
-from megatron_llm.perf.flops import flops_per_iteration
+from megatron_llm.perf.flops import attention_counted, flops_per_iteration
 from megatron_llm.perf.peaks import resolve_peak
 from megatron_llm.perf.peaks import training_dtype as peak_dtype
 from megatron_llm.perf.throughput import host_rss_gb, throughput
@@ -102,7 +102,7 @@ class MetricsLogger:
             self.info(f"MFU not applicable: {why}")
         else:
             self.info(f"MFU against {self.peak:.0f} TFLOP/s dense {training_dtype(cfg)} per device; "
-                      f"model FLOPs/iteration {self.flops_per_iteration:.4e} (full attention counted)")
+                      f"model FLOPs/iteration {self.flops_per_iteration:.4e} ({attention_counted(cfg.model)})")
 
     def log_iteration(self, iteration: int, m: Dict[str, Any], consumed: int) -> Dict[str, Any]:
         tp = throughput(self.flops_per_iteration, self.global_batch_size * self.cfg.data.seq_length,

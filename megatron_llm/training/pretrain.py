@@ -39,7 +39,8 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megatron_llm.models.init import init_weights
-    from megatron_llm.models.llama import build_model_chunks, padded_vocab_size, transformer_config
+    from megatron_llm.models.build import build_model_chunks, transformer_config
+    from megatron_llm.models.llama import padded_vocab_size
 
     tc = transformer_config(cfg, info.device, timers=timers)
     padded = padded_vocab_size(vocab_size, info.tp, cfg.model.make_vocab_size_divisible_by)
@@ -71,10 +72,19 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
         overlap_param_gather_with_optimizer_step=False,
         timers=timers,
     )
+    from megatron_llm.training.optimizer import install_multi_tensor_ops, use_fused_adamw
+
+    install_multi_tensor_ops()  # grad norm of all tensors at once, read once per step
     optimizer = get_megatron_optimizer(opt_config, model)
+    use_fused_adamw(optimizer, info.device)
     # The schedules call these hooks; same wiring as Megatron-LM's training.py.
     tc.finalize_model_grads_func = finalize_model_grads
     tc.grad_scale_func = optimizer.scale_loss
+    if o.fp16:
+        from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+        _fp16_per_token_loss_in_range(tc, optimizer, finalize_model_grads,
+                                      cfg.data.micro_batch_size * cfg.data.seq_length * get_num_microbatches())
     if p.overlap_grad_reduce:
         tc.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
         tc.grad_sync_func = ([m.start_grad_sync for m in model] if len(model) > 1
@@ -83,6 +93,18 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
         tc.param_sync_func = ([m.start_param_sync for m in model] if len(model) > 1
                               else model[0].start_param_sync)
     return tc, model, optimizer, padded
+
+
+def _fp16_per_token_loss_in_range(tc, optimizer, finalize, tokens: int) -> None:
+    """With per-token loss the backward starts from a sum over tokens, not a mean; times fp16's loss scale that
+    overflows (the first steps would all be skipped). Start it from sum / tokens and count tokens / tokens:
+    finalize_model_grads divides by the count, so the gradient is the same."""
+    tc.grad_scale_func = lambda loss: optimizer.scale_loss(loss) / tokens
+
+    def finalize_scaled(model, num_tokens=None, **kwargs):
+        return finalize(model, None if num_tokens is None else num_tokens.float() / tokens, **kwargs)
+
+    tc.finalize_model_grads_func = finalize_scaled
 
 
 def build_scheduler(cfg: RunConfig, optimizer, global_batch_size: int):
@@ -202,6 +224,8 @@ class _DataIterators:
 
         from megatron_llm.data.gpt_datasets import micro_batches
 
+        cuda = torch.cuda.is_available() and cfg.launch.device != "cpu"
+        num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else (2 if cuda else 0)
         self.per_chunk = []
         for i in range(num_chunks):
             vp = i if num_chunks > 1 else None
@@ -210,7 +234,8 @@ class _DataIterators:
             if dataset is not None and (first or last):
                 it = micro_batches(dataset, consumed, cfg.data.micro_batch_size,
                                    parallel_state.get_data_parallel_rank(),
-                                   parallel_state.get_data_parallel_world_size())
+                                   parallel_state.get_data_parallel_world_size(),
+                                   num_workers=num_workers, pin_memory=cuda)
                 if record and first and os.environ.get(SAMPLE_LOG_ENV) and parallel_state.get_tensor_model_parallel_rank() == 0:
                     it = _recorded(it, os.environ[SAMPLE_LOG_ENV])
                 self.per_chunk.append(it)
@@ -296,6 +321,10 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                        optimizer=optimizer, timers=timers, vocab_size=padded_vocab,
                        tokenizer_vocab_size=vocab_size)
     logger = MetricsLogger(cfg, info, vocab_size=vocab_size, resumed_at=iteration) if info.is_logging_rank else None
+    if logger is not None:
+        from megatron_llm.models.impl import describe
+
+        logger.info(describe(cfg.impl, info.device))
     for cb in callbacks:
         cb.on_train_start(ctx)
 

@@ -1,0 +1,62 @@
+"""TransNormerLLM trains like one process under every parallel layout, and resumes / reshards from a checkpoint.
+
+Same method and tolerance as test_parallel_equivalence.py (Llama): fp32 losses per iteration within 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trainrun import check, losses, make_dataset, max_rel_diff, train
+
+TOL = 1e-6
+ITERS = 6
+# 4 layers, 4 heads of 16 (no grouped KV), LRPE in layers 0 and 2 (one on each pipeline stage).
+TRANSNORMER = ["--architecture", "transnormer", "--num-query-groups", "4", "--lrpe-layers", "0", "2",
+               "--no-untie-embeddings-and-output-weights"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
+
+
+@pytest.fixture(scope="module")
+def baseline(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tn-tp1pp1")
+    check(train(out, dataset, 1, TRANSNORMER, iters=ITERS))
+    result = losses(out)
+    assert sorted(result) == list(range(1, ITERS + 1))
+    assert result[ITERS] < result[1]
+    return result
+
+
+LAYOUTS = {
+    "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
+    "pp2-vp2": (2, ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"]),
+    "dp2-distributed-optimizer": (2, ["--use-distributed-optimizer"]),
+    "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_layout_matches_single_rank(name, dataset, baseline, tmp_path):
+    nproc, flags = LAYOUTS[name]
+    check(train(tmp_path, dataset, nproc, TRANSNORMER + flags, iters=ITERS))
+    got = losses(tmp_path)
+    assert max_rel_diff(got, baseline) <= TOL, (name, got, baseline)
+
+
+def test_save_at_tp2_pp2_resume_at_tp1(dataset, baseline, tmp_path):
+    """Stopped after 3 iterations at TP2 x PP2, resumed on one process: iterations 4..6 continue the same run
+    (tied embeddings, LRPE angles on both stages: the preset's configuration)."""
+    ckpt = str(tmp_path / "ckpt")
+    tp2pp2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
+    check(train(tmp_path / "first", dataset, 4, TRANSNORMER + tp2pp2 + ["--save", ckpt, "--exit-interval", "3"],
+                iters=ITERS))
+    second = train(tmp_path / "second", dataset, 1, TRANSNORMER + ["--load", ckpt], iters=ITERS)
+    check(second)
+    assert "resharded from TP2 x PP2" in second.stdout
+    got = losses(tmp_path / "second")
+    assert sorted(got) == [4, 5, 6]
+    assert max_rel_diff(got, {i: baseline[i] for i in (4, 5, 6)}) <= 1e-5
