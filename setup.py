@@ -20,6 +20,8 @@ def _csrc_extension():
     spec = importlib.util.spec_from_file_location("_mllm_build", os.path.join(HERE, "megatron_llm", "ops", "build.py"))
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)  # stdlib-only module: the package itself is not imported
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # an install on a GPU-less build machine: A100 and H100/H200
     with_cuda = build.cuda_buildable()[0]
     flags = build.compile_flags(with_cuda, build.source_hash(with_cuda))
     sources = [os.path.relpath(p, HERE) for p in build.sources(with_cuda)]

@@ -42,6 +42,8 @@ def cuda_buildable() -> Tuple[bool, str]:
         return False, "torch is a CPU build"
     if cpp_extension.CUDA_HOME is None:
         return False, "no CUDA toolkit (CUDA_HOME) found"
+    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return False, "no GPU visible and no TORCH_CUDA_ARCH_LIST: nothing to build CUDA kernels for"
     return True, f"torch CUDA {torch.version.cuda}, toolkit {cpp_extension.CUDA_HOME}"
 
 
@@ -51,6 +53,10 @@ def source_hash(with_cuda: bool, root: Path = CSRC) -> str:
 
     h = hashlib.sha256(f"{torch.__version__}|cuda={with_cuda}".encode())
     suffixes = (".cpp", ".h") + ((".cu", ".cuh") if with_cuda else ())  # a CPU build ignores CUDA-only edits
+    if with_cuda:  # kernels are built for the visible GPU's architecture (or the listed ones)
+        arch = os.environ.get("TORCH_CUDA_ARCH_LIST") or (
+            "%d.%d" % torch.cuda.get_device_capability() if torch.cuda.is_available() else "")
+        h.update(f"|arch={arch}".encode())
     files = sorted(p for p in root.rglob("*") if p.suffix in suffixes)
     for p in files:
         h.update(str(p.relative_to(root)).encode())
@@ -122,7 +128,8 @@ def _load_uncached() -> Tuple[Optional[object], str]:
     try:
         return _jit(with_cuda, digest), f"JIT build cached in {cache_dir() / digest}"
     except Exception as exc:  # no compiler, a broken toolkit: the torch reference still runs
-        return None, f"extension build failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]})"
+        last = (str(exc).strip().splitlines() or [""])[-1][:200]
+        return None, f"extension build failed ({type(exc).__name__}: {last})"
 
 
 def _try_import_any():
