@@ -1,4 +1,5 @@
-"""`megatron-llm generate`: text from a checkpoint (any saved layout, run on one process, with a KV cache)."""
+"""`megatron-llm generate`: text from a checkpoint (any saved layout; on one process, or split tensor-parallel over
+--tensor-model-parallel-size processes), with a KV cache."""
 
 from __future__ import annotations
 
@@ -23,15 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1: off)")
     ap.add_argument("--seed", type=int, default=1234, help="sampling seed")
-    ap.add_argument("--tokenizer-type", default=None, choices=("SentencePieceTokenizer", "HuggingFaceTokenizer"),
-                    help="default: the tokenizer shipped in LOAD/tokenizer by convert")
+    ap.add_argument("--tokenizer-type", default=None,
+                    choices=("SentencePieceTokenizer", "HuggingFaceTokenizer", "NullTokenizer"),
+                    help="default: the tokenizer shipped in LOAD/tokenizer by convert (NullTokenizer: the prompt is "
+                         "whitespace-separated ids)")
     ap.add_argument("--tokenizer-model", default=None)
     ap.add_argument("--device", default=None, choices=("cuda", "cpu"), help="default: cuda when available")
     ap.add_argument("--ids", action="store_true", help="print the generated token ids instead of text")
+    ap.add_argument("--tensor-model-parallel-size", type=int, default=1,
+                    help="split the model over this many processes (spawned here, or ranks of torchrun/srun)")
     return ap
 
 
-def _tokenizer_args(args) -> Tuple[str, str]:
+def _tokenizer_args(args) -> Tuple[str, Optional[str]]:
+    if args.tokenizer_type == "NullTokenizer":
+        return "NullTokenizer", None
     if args.tokenizer_model:
         kind = args.tokenizer_type or ("SentencePieceTokenizer" if args.tokenizer_model.endswith(".model")
                                        else "HuggingFaceTokenizer")
@@ -54,6 +61,18 @@ def _eos(info, tokenizer) -> Optional[int]:
 
 def main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
+    from megatron_llm.launch.local import launched_externally, run_workers
+
+    tp = args.tensor_model_parallel_size
+    if tp < 1:
+        print(f"{PROG}: error: --tensor-model-parallel-size must be >= 1", file=sys.stderr)
+        return 2
+    external = launched_externally()
+    if tp > 1 and not external:
+        import torch
+
+        cpu = args.device == "cpu" or not torch.cuda.is_available()
+        return run_workers("megatron_llm.cli.generate", argv, tp, cpu=cpu)
     try:
         from megatron_llm.data.tokenizers import TokenizerError, build_tokenizer
         from megatron_llm.inference.sampling import Sampling
@@ -63,16 +82,22 @@ def main(argv: List[str]) -> int:
             raise ValueError("--max-new-tokens must be >= 1")
         text = args.prompt if args.prompt is not None else open(args.prompt_file, encoding="utf-8").read()
         kind, path = _tokenizer_args(args)
-        tokenizer = build_tokenizer(kind, tokenizer_model=path)
         from megatron_llm.inference import session
         from megatron_llm.inference.generate import generate
         from megatron_llm.parallel.device import resolve_device
 
         device = resolve_device(args.device)
         info = session.checkpoint_info(args.load)
-        cfg = session.run_config(info.model, dtype=info.dtype, load=os.path.dirname(info.path), device=device)
+        tokenizer = build_tokenizer(kind, tokenizer_model=path, vocab_size=info.vocab_size)
+        for name, value in (("attention heads", info.model["num_attention_heads"]),
+                            ("query groups", info.model["num_query_groups"]),
+                            ("FFN width", info.model["ffn_hidden_size"])):
+            if value % tp:
+                raise ValueError(f"--tensor-model-parallel-size {tp} does not divide the model's {name} ({value})")
+        cfg = session.run_config(info.model, tp=tp, dtype=info.dtype, load=os.path.dirname(info.path),
+                                 device=device)
         # progress lines go to stderr: stdout carries only the generated text (or ids)
-        with contextlib.redirect_stdout(sys.stderr), session.single_process(cfg):
+        with contextlib.redirect_stdout(sys.stderr), session.process_group(cfg, external):
             model = session.build_model(cfg, info.vocab_rows, device, info.vocab_size)[0]
             session.load_weights(cfg, [model])
             ids = generate(model, tokenizer.tokenize(text), args.max_new_tokens, info.vocab_size, sampling,
@@ -80,5 +105,10 @@ def main(argv: List[str]) -> int:
     except (OSError, ValueError, RuntimeError, TokenizerError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    print(" ".join(map(str, ids)) if args.ids else tokenizer.detokenize(ids), flush=True)
+    if int(os.environ.get("RANK", "0")) == 0 or not external:  # every TP rank has the same tokens
+        print(" ".join(map(str, ids)) if args.ids else tokenizer.detokenize(ids), flush=True)
     return 0
+
+
+if __name__ == "__main__":  # a rank spawned by --tensor-model-parallel-size
+    sys.exit(main(sys.argv[1:]))

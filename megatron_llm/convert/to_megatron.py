@@ -30,6 +30,8 @@ def check_layout(m: Dict[str, Any], tp: int, pp: int, vp: Optional[int], where: 
         if value % tp:
             raise ConversionError(f"{where}: {name} = {value} is not divisible by "
                                   f"--tensor-model-parallel-size {tp}")
+    if vp and pp < 2:
+        raise ConversionError("--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2")
     per = pp * (vp or 1)
     if m["num_layers"] % per:
         flag = ("--pipeline-model-parallel-size x --num-layers-per-virtual-pipeline-stage" if vp

@@ -48,6 +48,21 @@ def single_process(cfg: RunConfig):
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def process_group(cfg: RunConfig, launched: bool):
+    """The ranks of torchrun/srun (or of launch.local) when `launched`, else a world of one."""
+    if not launched:
+        with single_process(cfg) as info:
+            yield info
+        return
+    from megatron_llm.training.initialize import initialize, shutdown
+
+    try:
+        yield initialize(cfg)
+    finally:
+        shutdown()
+
+
 def build_model(cfg: RunConfig, vocab_rows: int, device: str, vocab_size: int) -> List[torch.nn.Module]:
     """The model chunks this rank holds, weights uninitialised (they are loaded or converted into).
     `vocab_rows`: the padded embedding table; `vocab_size`: the real vocabulary (padded logits are masked)."""

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-_HEADER_SUFFIXES = (".h", ".cuh")
 _lock = threading.Lock()
 _loaded: Optional[Tuple[object, str]] = None
 
@@ -51,7 +50,8 @@ def source_hash(with_cuda: bool, root: Path = CSRC) -> str:
     import torch
 
     h = hashlib.sha256(f"{torch.__version__}|cuda={with_cuda}".encode())
-    files = sorted(p for p in root.rglob("*") if p.suffix in (".cpp", ".cu") + _HEADER_SUFFIXES)
+    suffixes = (".cpp", ".h") + ((".cu", ".cuh") if with_cuda else ())  # a CPU build ignores CUDA-only edits
+    files = sorted(p for p in root.rglob("*") if p.suffix in suffixes)
     for p in files:
         h.update(str(p.relative_to(root)).encode())
         h.update(p.read_bytes())
@@ -66,11 +66,12 @@ def cache_dir() -> Path:
 
 def compile_flags(with_cuda: bool, digest: str) -> dict:
     """Flags shared by setup.py and the JIT build."""
-    define = [f"-DMLLM_SOURCE_HASH=\"{digest}\""] + ([] if with_cuda else ["-DMLLM_NO_CUDA"])
-    flags = {"cxx": ["-O3", "-fopenmp", "-std=c++17"] + define}
+    # an identifier (stringised in bindings.cpp): quotes do not survive ninja's shell
+    define = [f"-DMLLM_SOURCE_HASH=h{digest}"] + ([] if with_cuda else ["-DMLLM_NO_CUDA"])
+    flags = {"cxx": ["-O3", "-fopenmp"] + define}  # the C++ standard: torch's choice (C++20 from torch 2.14)
     if with_cuda:
-        flags["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", "-gencode=arch=compute_80,code=sm_80",
-                         "-gencode=arch=compute_90,code=sm_90"] + define
+        # GPU architectures: torch's (the visible GPU, or TORCH_CUDA_ARCH_LIST); scripts/nvcc_check.sh covers sm_80/90
+        flags["nvcc"] = ["-O3"] + define
     return {"extra_compile_args": flags, "include_dirs": [str(CSRC / "include"), str(CSRC)]}
 
 
@@ -79,7 +80,7 @@ def _prebuilt(digest: str):
         mod = importlib.import_module("megatron_llm._C")
     except ImportError:
         return None
-    return mod if getattr(mod, "source_hash", lambda: "")() == digest else None
+    return mod if getattr(mod, "source_hash", lambda: "")() == f"h{digest}" else None
 
 
 def _jit(with_cuda: bool, digest: str):

@@ -27,11 +27,21 @@ NAMES = ("fused_weight_gradient_mlp_cuda", "scaled_upper_triang_masked_softmax_c
          "scaled_softmax_cuda")
 
 
+_fp32_out_gemm = True
+
+
 def wgrad_gemm_accum(total_input: torch.Tensor, grad_output: torch.Tensor, main_grad: torch.Tensor) -> None:
     x = total_input.reshape(-1, total_input.shape[-1])
     g = grad_output.reshape(-1, grad_output.shape[-1])
+    global _fp32_out_gemm
     if main_grad.is_cuda and main_grad.dtype == torch.float32 and x.dtype != torch.float32:
-        torch.addmm(main_grad, g.t(), x, out_dtype=torch.float32, out=main_grad)
+        if _fp32_out_gemm:
+            try:  # one GEMM: low-precision inputs, fp32 accumulate into main_grad in place
+                torch.addmm(main_grad, g.t(), x, out_dtype=torch.float32, out=main_grad)
+                return
+            except (RuntimeError, TypeError):  # a torch without addmm(out_dtype=) on this GPU
+                _fp32_out_gemm = False
+        main_grad.add_(torch.mm(g.t().float(), x.float()))
     elif main_grad.is_cuda and x.dtype == main_grad.dtype:
         main_grad.addmm_(g.t(), x)
     else:

@@ -111,12 +111,51 @@ def _ensure_optimizer_state(optimizer) -> None:
             opt._init_optimizer_states_with_dummy_values()
 
 
+def _distributed_optimizers(optimizer) -> List[Any]:
+    return [o for o in getattr(optimizer, "chained_optimizers", [optimizer])
+            if hasattr(o, "model_param_group_index_map")]
+
+
+def _in_buffer_coordinates(opt, state):
+    """Fix for megatron-core 0.16's fully-reshardable save with several DDP buckets (--overlap-grad-reduce):
+    get_parameter_state_dp_zero concatenates the buckets without the padding at each bucket's end, but
+    sharded_param_state_fully_reshardable slices that by param_index_map, whose offsets count the padding, so every
+    parameter after the first bucket was saved shifted (a resume then drifted). Put the padding back."""
+    if state is None:
+        return state
+    for gbuf_idx, buffer in enumerate(opt.buffers):
+        for world in state[gbuf_idx].values():
+            for key, flat in list(world.items()):
+                if not isinstance(flat, torch.Tensor):
+                    continue
+                padded = torch.zeros(buffer.numel, dtype=flat.dtype, device=flat.device)
+                src = 0
+                for bucket in buffer.buckets:
+                    padded[bucket.offset:bucket.offset + bucket.numel_unpadded] = flat[src:src + bucket.numel_unpadded]
+                    src += bucket.numel_unpadded
+                world[key] = padded
+    return state
+
+
+def _optimizer_sharded_state_dict(optimizer, model_sd, is_loading: bool):
+    subs = _distributed_optimizers(optimizer)
+    for opt in subs:
+        opt.get_parameter_state_dp_zero = (
+            lambda *a, _opt=opt, _orig=opt.get_parameter_state_dp_zero, **kw: _in_buffer_coordinates(
+                _opt, _orig(*a, **kw)))
+    try:
+        return optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
+    finally:
+        for opt in subs:
+            del opt.get_parameter_state_dp_zero  # back to the class method
+
+
 def _load_optimizer_state(optimizer, state) -> None:
     """optimizer.load_state_dict, with two fixes for megatron-core 0.16's torch-Adam path (no apex/TE):
     its fully-reshardable load copies every per-parameter state key but the checkpoint keeps Adam's 'step' in the
     param groups only (KeyError 'step'), and it restores one shared 'step' tensor into every parameter's state,
     which torch's foreach Adam would then increment once per parameter."""
-    subs = [o for o in getattr(optimizer, "chained_optimizers", [optimizer]) if hasattr(o, "model_param_group_index_map")]
+    subs = _distributed_optimizers(optimizer)
     for opt in subs:
         def copy_states(model_param, tensors, _opt=opt, _orig=opt._set_main_param_and_optimizer_states):
             group, order = _opt.model_param_group_index_map[model_param]
@@ -146,7 +185,7 @@ def _state_dict(cfg: RunConfig, model, optimizer, scheduler, is_loading: bool, w
         # own 'decoder.layers.0...'), so merging them into one dict dropped all but the last chunk's parameters and
         # the optimizer's lookup by parameter failed with virtual stages (Megatron-LM passes the nested dict too).
         model_sd = {k: sd[k] for k in model_keys(len(model))}
-        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=OPTIM_METADATA)
+        sd["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_sd, is_loading)
         sd["opt_param_scheduler"] = scheduler.state_dict()
     if with_rng:
         sd["rng_state"] = _rng_sharded_object(is_loading)

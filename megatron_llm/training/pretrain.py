@@ -76,6 +76,11 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     # The schedules call these hooks; same wiring as Megatron-LM's training.py.
     tc.finalize_model_grads_func = finalize_model_grads
     tc.grad_scale_func = optimizer.scale_loss
+    if o.fp16:
+        from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+        _fp16_per_token_loss_in_range(tc, optimizer, finalize_model_grads,
+                                      cfg.data.micro_batch_size * cfg.data.seq_length * get_num_microbatches())
     if p.overlap_grad_reduce:
         tc.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
         tc.grad_sync_func = ([m.start_grad_sync for m in model] if len(model) > 1
@@ -84,6 +89,18 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
         tc.param_sync_func = ([m.start_param_sync for m in model] if len(model) > 1
                               else model[0].start_param_sync)
     return tc, model, optimizer, padded
+
+
+def _fp16_per_token_loss_in_range(tc, optimizer, finalize, tokens: int) -> None:
+    """With per-token loss the backward starts from a sum over tokens, not a mean; times fp16's loss scale that
+    overflows (the first steps would all be skipped). Start it from sum / tokens and count tokens / tokens:
+    finalize_model_grads divides by the count, so the gradient is the same."""
+    tc.grad_scale_func = lambda loss: optimizer.scale_loss(loss) / tokens
+
+    def finalize_scaled(model, num_tokens=None, **kwargs):
+        return finalize(model, None if num_tokens is None else num_tokens.float() / tokens, **kwargs)
+
+    tc.finalize_model_grads_func = finalize_scaled
 
 
 def build_scheduler(cfg: RunConfig, optimizer, global_batch_size: int):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from trainrun import MODEL, VOCAB, check, losses, make_dataset, train
+from trainrun import MODEL, VOCAB, check, losses, make_dataset, signal_after, train
 
 JSONL_KEYS = {"iteration", "lm_loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "flops_per_iteration",
               "tflops", "mfu", "mem_gb"}
@@ -123,21 +122,8 @@ def test_sigusr1_saves_and_exits_for_requeue(data, tmp_path):
             str(VOCAB), "--data-path", data, "--train-iters", "3000", "--eval-interval", "0",
             "--micro-batch-size", "2", "--global-batch-size", "4", "--save", str(ckpt),
             "--tensorboard-dir", str(tmp_path / "tb")]
-    log = tmp_path / "train.log"
-    with open(log, "w") as logf:  # a file, not a pipe: nobody drains a pipe while we wait
-        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        metrics = tmp_path / "tb" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGUSR1)
-        try:
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-    out = log.read_text()
-    assert proc.returncode == EXIT_CODE_REQUEUE, out[-3000:]
+    returncode, out = signal_after(args, tmp_path, 3, signal.SIGUSR1)
+    assert returncode == EXIT_CODE_REQUEUE, out[-3000:]
     saved = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
     assert saved == max(losses(tmp_path)), "the checkpoint is the last completed iteration"
     assert "received SIGUSR1" in out

@@ -9,11 +9,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from trainrun import MODEL, VOCAB, make_dataset
+from trainrun import MODEL, VOCAB, make_dataset, signal_after
 
 RANK_SCRIPT = r"""
 import json, os, torch
@@ -74,21 +73,8 @@ def test_stop_signal_saves_and_does_not_evaluate(tmp_path):
             str(VOCAB), "--data-path", data, "--split", "90,10,0", "--train-iters", "3000", "--eval-interval", "1",
             "--eval-iters", "2", "--micro-batch-size", "2", "--global-batch-size", "4", "--save", str(ckpt),
             "--tensorboard-dir", str(tmp_path / "tb")]
-    log = tmp_path / "train.log"
-    with open(log, "w") as logf:
-        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        metrics = tmp_path / "tb" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGUSR1)
-        try:
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-    out = log.read_text()
-    assert proc.returncode == EXIT_CODE_REQUEUE, out[-3000:]
+    returncode, out = signal_after(args, tmp_path, 4, signal.SIGUSR1)
+    assert returncode == EXIT_CODE_REQUEUE, out[-3000:]
     saved = int((ckpt / "latest_checkpointed_iteration.txt").read_text())
     evaluated = [int(n) for n in re.findall(r"validation loss at iteration (\d+)", out)]
     assert evaluated and max(evaluated) == saved - 1, (evaluated, saved)

@@ -1,4 +1,5 @@
-"""The padded vocabulary depends on TP; its rows never take part in the softmax, so TP1 -> TP2 -> TP4 resumes exactly."""
+"""The padded vocabulary depends on TP; its rows never take part in the softmax, so TP1 -> TP2 -> TP4 resumes
+exactly."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+import time
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -64,6 +65,26 @@ def run_process(args: List[str], timeout: int, what: str,
         out, err = proc.communicate()
         raise AssertionError(f"{what} timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def signal_after(args: List[str], out: Path, records: int, signum: int, timeout: int = 120) -> Tuple[int, str]:
+    """Start a training command, send it `signum` once metrics.jsonl has `records` lines, wait for it to end.
+    Returns (exit status, its combined output)."""
+    log = out / "train.log"
+    with open(log, "w") as logf:  # a file, not a pipe: nobody drains a pipe while we wait
+        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        metrics = out / "tb" / "metrics.jsonl"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (metrics.exists()
+                                                   and len(metrics.read_text().splitlines()) >= records):
+            time.sleep(0.5)
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+    return proc.returncode, log.read_text()
 
 
 def losses(out: Path) -> Dict[int, float]:

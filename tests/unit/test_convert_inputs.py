@@ -60,6 +60,8 @@ def test_heads_not_divisible_by_tp(tmp_path):
     with pytest.raises(ConversionError, match=r"num_hidden_layers = 2 is not divisible by "
                                               r"--pipeline-model-parallel-size = 4"):
         convert(str(src), str(tmp_path / "out"), pp=4)
+    with pytest.raises(ConversionError, match=r"needs --pipeline-model-parallel-size >= 2"):
+        convert(str(src), str(tmp_path / "out"), vp=1)
     _no_output(tmp_path / "out")
 
 
@@ -127,3 +129,12 @@ def test_qkv_packing_is_megatrons_group_order():
     assert packed.view(-1).tolist() == [10, 11, 20, 30, 12, 13, 21, 31]
     back = families._qkv_unpack(packed, groups, heads, d)
     assert all(torch.equal(a, b) for a, b in zip(back, (q, k, v)))
+
+
+def test_generate_flag_errors_are_named(tmp_path, capsys):
+    from megatron_llm.cli import generate
+
+    assert generate.main(["--load", str(tmp_path), "--prompt", "x", "--top-p", "0"]) == 2
+    assert "--top-p must be in (0, 1]" in capsys.readouterr().err
+    assert generate.main(["--load", str(tmp_path), "--prompt", "x"]) == 2
+    assert "no tokenizer/ directory shipped with the checkpoint; pass --tokenizer-model" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def _freqs(s, d_rot, base=10000.0):  # as megatron-core's RotaryEmbedding builds
 @pytest.mark.parametrize("d,d_rot", [(16, 16), (24, 10)])
 def test_rope_matches_megatron_core(backend, dtype, d, d_rot):
     t = torch.randn(7, 3, 5, d).to(dtype)
-    compare(ops.rope, _megatron_rope, [t, _freqs(7, d_rot)], dtype)
+    compare(ops.rope, _megatron_rope, [t, _freqs(7, d_rot)], dtype, constant=(1,))  # angles: not learned
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -75,7 +75,7 @@ def test_rope_general_angles_and_strided_input(backend):
     # angles differing between the halves (not megatron-core's cat(f, f)) exercise the exact transposed backward
     t = torch.randn(5, 4, 3, 20).permute(0, 2, 1, 3)[:, :, :3]  # [5, 3, 3, 20], non-contiguous
     f = torch.randn(5, 1, 1, 12)
-    compare(ops.rope, _megatron_rope, [t, f], torch.float32)
+    compare(ops.rope, _megatron_rope, [t, f], torch.float32, constant=(1,))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -134,3 +134,17 @@ def test_rms_norm_module_in_a_layer_spec_slot():
     y, total = fused(x, x)
     torch.testing.assert_close(total, 2 * x)
     torch.testing.assert_close(y, reference.rms_norm(2 * x, fused.weight, 1e-5))
+
+
+def test_dispatch_and_status_name_the_implementation(backend):
+    x = torch.randn(3, 8, requires_grad=True)
+    kernel = type(ops.rms_norm(x, torch.ones(8)).grad_fn).__name__.startswith("_RMSNorm")
+    assert kernel == (backend == "ext")
+    rows = {op: (impl, why) for op, impl, why in ops.status("cpu")}
+    assert set(rows) >= {"rms_norm", "rms_norm_residual", "rope", "swiglu", "vocab_parallel_cross_entropy"}
+    expected = "C++ CPU kernel" if backend == "ext" else "torch reference"
+    assert rows["swiglu"][0] == expected
+    if backend == "torch":
+        assert "MEGATRON_LLM_NO_EXT" in rows["swiglu"][1]
+    # this CPU build has no CUDA kernels: CUDA tensors would take the torch path, and status says why
+    assert ops.status("cuda")[0][1] == "torch reference"

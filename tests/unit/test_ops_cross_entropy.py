@@ -86,7 +86,7 @@ def _tp2_worker(rank, port, use_ext, results):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("use_ext", [False])
+@pytest.mark.parametrize("use_ext", [False, True])
 def test_two_shards_equal_the_full_vocabulary(use_ext):
     results = mp.Manager().dict()
     mp.spawn(_tp2_worker, args=(_free_port(), use_ext, results), nprocs=2, join=True)

@@ -1,0 +1,63 @@
+"""ops/build.py: the source hash keys the cache, a failed build falls back to the torch reference with the reason,
+and `megatron-llm ops` reports each op's implementation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from megatron_llm import ops
+from megatron_llm.ops import build
+
+
+def test_source_hash_follows_every_source_and_header(tmp_path):
+    (tmp_path / "include").mkdir()
+    (tmp_path / "a.cpp").write_text("int a;")
+    (tmp_path / "include" / "x.h").write_text("#pragma once")
+    (tmp_path / "k.cu").write_text("__global__ void k() {}")
+    first = build.source_hash(False, tmp_path)
+    assert build.source_hash(True, tmp_path) != first  # CUDA and CPU builds live apart
+    cuda_first = build.source_hash(True, tmp_path)
+    (tmp_path / "k.cu").write_text("__global__ void k() { }")
+    assert build.source_hash(False, tmp_path) == first  # a CUDA-only edit does not rebuild the CPU extension
+    assert build.source_hash(True, tmp_path) != cuda_first
+    (tmp_path / "include" / "x.h").write_text("#pragma once\n// changed")
+    assert build.source_hash(False, tmp_path) != first
+    assert [p.name for p in build.sources(False, tmp_path)] == ["a.cpp"]
+    assert [p.name for p in build.sources(True, tmp_path)] == ["a.cpp", "k.cu"]
+
+
+def test_a_failed_build_falls_back_to_torch_with_the_reason(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Error building extension 'mllm'\nninja: build stopped: subcommand failed.")
+
+    monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
+    monkeypatch.setenv("MEGATRON_LLM_EXT_DIR", str(tmp_path))
+    monkeypatch.setattr(build, "_prebuilt", lambda digest: None)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", broken)
+    build.reset_for_tests()
+    try:
+        ext, why = build.load()
+        assert ext is None and "build failed" in why and "subcommand failed" in why
+        x = torch.randn(2, 6)
+        torch.testing.assert_close(ops.swiglu(x), torch.nn.functional.silu(x[:, :3]) * x[:, 3:])
+        assert all(impl != "C++ CPU kernel" for _, impl, _ in ops.status("cpu"))
+    finally:
+        build.reset_for_tests()
+
+
+def test_ops_verb_lists_each_op(monkeypatch):
+    out = subprocess.run([sys.executable, "-m", "megatron_llm.cli", "ops", "--device", "cpu", "--build"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("extension: ready")
+    table = {line.split()[0]: line for line in lines[2:]}
+    for op in ("rms_norm", "rope", "swiglu", "vocab_parallel_cross_entropy", "scaled_masked_softmax"):
+        assert "C++ CPU kernel" in table[op], out.stdout
+    forced = subprocess.run([sys.executable, "-m", "megatron_llm.cli", "ops", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                               "MEGATRON_LLM_NO_EXT": "1"})
+    assert "torch reference" in forced.stdout and "MEGATRON_LLM_NO_EXT is set" in forced.stdout
