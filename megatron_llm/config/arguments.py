@@ -192,6 +192,7 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(f"--keep-last {cfg.checkpoint.keep_last}: keep at least 1 checkpoint")
     if cfg.optim.bf16 and cfg.optim.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive")
+    validate_recompute(cfg)
     if m.architecture not in ARCHITECTURES:
         raise ConfigError(f"--architecture {m.architecture!r} is not implemented; choose one of "
                           f"{', '.join(ARCHITECTURES)}")
@@ -213,6 +214,28 @@ def validate(cfg: RunConfig, world_size: int) -> None:
             raise ConfigError(f"--tokenizer-type {d.tokenizer_type} needs --tokenizer-model")
     elif d.tokenizer_type == "NullTokenizer" and not m.vocab_size:
         raise ConfigError("--tokenizer-type NullTokenizer needs --vocab-size")
+
+
+def validate_recompute(cfg: RunConfig) -> None:
+    """megatron-core's recompute rules, said with our flag names before any process starts."""
+    i = cfg.impl
+    if i.recompute_granularity is None:
+        if i.recompute_method or i.recompute_num_layers is not None:
+            raise ConfigError("--recompute-method / --recompute-num-layers need --recompute-granularity full")
+    elif i.recompute_granularity == "selective":
+        if i.recompute_method or i.recompute_num_layers is not None:
+            raise ConfigError("--recompute-granularity selective recomputes the attention core of every layer; "
+                              "drop --recompute-method / --recompute-num-layers (they apply to full)")
+    elif not i.recompute_method or i.recompute_num_layers is None:
+        raise ConfigError("--recompute-granularity full needs --recompute-method uniform|block and "
+                          "--recompute-num-layers N")
+    elif i.recompute_num_layers < 1:
+        raise ConfigError(f"--recompute-num-layers {i.recompute_num_layers} must be >= 1")
+    elif i.recompute_method == "block":
+        per_stage = cfg.model.num_layers // cfg.parallel.pipeline_model_parallel_size
+        if i.recompute_num_layers > per_stage:
+            raise ConfigError(f"--recompute-num-layers {i.recompute_num_layers} exceeds the {per_stage} layers "
+                              f"of a pipeline stage")
 
 
 def data_prefixes(data_path: List[str]) -> List[str]:

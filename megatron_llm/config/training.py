@@ -72,6 +72,8 @@ class DataConfig:
     mock_data: bool = _f(False, "train on megatron-core's synthetic MockGPTDataset (no files needed)")
     reset_position_ids: bool = _f(False, "restart position ids after each EOD")
     eod_mask_loss: bool = _f(False, "do not compute loss on EOD tokens")
+    num_workers: Optional[int] = _f(
+        None, "DataLoader worker processes reading batches ahead of the step (None: 2 on CUDA, 0 on CPU)")
 
 
 @dataclass
@@ -114,6 +116,33 @@ class LoggingConfig:
     gpu_peak_tflops: Optional[float] = _f(None, "override the GPU's dense peak TFLOP/s used for MFU")
 
 
+TRANSFORMER_IMPLS = ("local", "fused", "transformer_engine")
+
+
+@dataclass
+class ImplConfig:
+    """How the model computes (not what it computes): layer implementation, per-op fusions, recompute.
+    Megatron-LM's flag names; megatron_llm/models/impl.py maps them onto megatron-core's TransformerConfig."""
+
+    transformer_impl: Optional[str] = _f(
+        None, "local (megatron-core's own modules) | fused (local + SDPA attention and our fused ops) | "
+        "transformer_engine (needs a TE install; untested here). None: fused on CUDA, local on CPU, "
+        "transformer_engine when TE imports", choices=TRANSFORMER_IMPLS)
+    masked_softmax_fusion: bool = _f(True, "local spec on CUDA: fused scale-mask-softmax kernel")
+    bias_swiglu_fusion: bool = _f(True, "fused SwiGLU (with bias when the MLP has one)")
+    rope_fusion: bool = _f(True, "fused rotary position embedding on q and k")
+    cross_entropy_loss_fusion: bool = _f(False, "fused vocab-parallel cross entropy (never holds fp32 logits)")
+    gradient_accumulation_fusion: bool = _f(True, "CUDA: accumulate weight gradients into fp32 main_grad in the "
+                                                  "GEMM (fused_weight_gradient_mlp_cuda)")
+    recompute_granularity: Optional[str] = _f(
+        None, "activation recompute: selective (attention core) | full (whole layers)",
+        choices=("selective", "full"))
+    recompute_method: Optional[str] = _f(
+        None, "with full recompute: uniform (every layer, in groups of --recompute-num-layers) | block (the "
+        "first --recompute-num-layers layers of each pipeline stage)", choices=("uniform", "block"))
+    recompute_num_layers: Optional[int] = _f(None, "layers per recompute group (uniform) or recomputed (block)")
+
+
 @dataclass
 class LaunchConfig:
     nproc_per_node: int = _f(1, "worker processes to spawn on this node (one per GPU)")
@@ -134,9 +163,10 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
     recipe: Optional[str] = None
 
-    SECTIONS = ("model", "parallel", "optim", "data", "train", "checkpoint", "logging", "launch")
+    SECTIONS = ("model", "parallel", "optim", "data", "train", "checkpoint", "logging", "launch", "impl")
 
     def data_parallel_size(self, world_size: int) -> int:
         return world_size // (self.parallel.tensor_model_parallel_size * self.parallel.pipeline_model_parallel_size)

@@ -74,22 +74,50 @@ def build_datasets(cfg: RunConfig, tokenizer, global_batch_size: int, train_samp
     return BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
 
 
+class _MicroBatchIndices:
+    """Endless batch sampler: the global sample positions of this DP rank's micro-batches from
+    ``consumed_samples`` on."""
+
+    def __init__(self, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.idx, self.mbs, self.rank, self.step = consumed_samples, micro_batch_size, dp_rank, \
+            micro_batch_size * dp_size
+
+    def __iter__(self):
+        while True:
+            start = self.idx + self.rank * self.mbs
+            yield list(range(start, start + self.mbs))
+            self.idx += self.step
+
+
+class _Positioned:
+    """Sample at a global position (the dataset wraps around), with that position as ``sample_position``: where in
+    the global sample stream the batch is (sample accounting across restarts and DP changes)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset, self.n = dataset, len(dataset)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, position: int):
+        return {**self.dataset[position % self.n], "sample_position": np.int64(position)}
+
+
 def micro_batches(dataset, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int,
-                  ) -> Iterator[Dict[str, torch.Tensor]]:
-    """Endless stream of this DP rank's micro-batches, starting at ``consumed_samples`` (global sample index)."""
+                  num_workers: int = 0, pin_memory: bool = False) -> Iterator[Dict[str, torch.Tensor]]:
+    """Endless stream of this DP rank's micro-batches, starting at ``consumed_samples`` (global sample index).
+
+    With num_workers > 0, DataLoader worker processes read and collate batches ahead of the step (prefetching
+    2 each) and pin_memory puts them in page-locked memory, so the step's non_blocking host-to-device copies
+    overlap compute. Same batches, same order, whatever the worker count."""
     if dataset is None:
-        return
-    n = len(dataset)
-    step = micro_batch_size * dp_size
-    idx = consumed_samples
-    while True:
-        start = idx + dp_rank * micro_batch_size
-        samples = [dataset[(start + k) % n] for k in range(micro_batch_size)]
-        idx += step
-        batch = collate(samples)
-        # where in the global sample stream these are (sample accounting across restarts and DP changes)
-        batch["sample_position"] = torch.arange(start, start + micro_batch_size)
-        yield batch
+        return iter(())
+    from torch.utils.data import DataLoader
+
+    sampler = _MicroBatchIndices(consumed_samples, micro_batch_size, dp_rank, dp_size)
+    loader = DataLoader(_Positioned(dataset), batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                        pin_memory=pin_memory, prefetch_factor=2 if num_workers else None)
+    return iter(loader)
 
 
 def collate(samples: List[Dict[str, np.ndarray]]) -> Dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from megatron_llm.config.training import RunConfig
-from megatron_llm.models.norms import RMSNorm
+from megatron_llm.models import impl as impl_mod
 
 
 def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
@@ -17,6 +17,13 @@ def padded_vocab_size(vocab_size: int, tp: int, divisible_by: int = 128) -> int:
     matter: their logits are masked (mask_padded_logits) and their weights start and stay zero."""
     multiple = divisible_by * tp
     return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def transformer_impl(cfg: RunConfig, device: Optional[str] = None) -> str:
+    """The --transformer-impl this run builds (resolved for the device when not given)."""
+    from megatron_llm.parallel.device import resolve_device
+
+    return impl_mod.resolve_transformer_impl(cfg.impl.transformer_impl, device or resolve_device(cfg.launch.device))
 
 
 def mask_padded_logits(logits: torch.Tensor, vocab_size: int, vocab_start: int = 0) -> torch.Tensor:
@@ -37,6 +44,9 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
     from megatron.core.transformer import TransformerConfig
 
     m, p, o = cfg.model, cfg.parallel, cfg.optim
+    impl = transformer_impl(cfg, device)
+    fusions, _ = impl_mod.fusion_fields(impl, cfg.impl, device)
+    impl_mod.prepare(impl, fusions)
     dtype = torch.bfloat16 if o.bf16 else torch.float16 if o.fp16 else torch.float32
     vl = p.num_layers_per_virtual_pipeline_stage
     tc = TransformerConfig(
@@ -67,12 +77,11 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
         params_dtype=dtype,
         bf16=o.bf16,
         fp16=o.fp16,
-        # megatron-core's local attention asks apex for the fused softmax; we do not require apex.
-        masked_softmax_fusion=False,
-        bias_activation_fusion=False,
+        # Fusions per --transformer-impl and the per-op switches (models/impl.py).
+        **fusions,
+        **impl_mod.recompute_fields(cfg.impl),
+        transformer_impl="transformer_engine" if impl == "transformer_engine" else "local",
         bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         # Weights are initialised by init_weights() below, identically for any TP/PP layout.
         perform_initialization=False,
@@ -86,21 +95,12 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
     return tc
 
 
-def layer_spec():
-    """megatron-core's local spec with our RMSNorm (it supports sequence parallelism, torch's wrapper does not)."""
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
-    spec.submodules.input_layernorm = RMSNorm
-    spec.submodules.pre_mlp_layernorm = RMSNorm
-    return spec
-
-
-def block_spec(tc, vp_stage: Optional[int]):
+def block_spec(tc, vp_stage: Optional[int], impl: str = "local"):
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     n = get_num_layers_to_build(tc, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[layer_spec()] * n, layer_norm=RMSNorm)
+    return TransformerBlockSubmodules(layer_specs=[impl_mod.layer_spec(impl)] * n,
+                                      layer_norm=impl_mod.final_norm(impl))
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,13 +134,15 @@ def _llama_model_class():
     return LlamaModel
 
 
-def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Optional[int] = None
-                       ) -> List[torch.nn.Module]:
+def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Optional[int] = None,
+                       impl: Optional[str] = None) -> List[torch.nn.Module]:
     """One model per virtual pipeline stage held by this rank (one chunk without interleaving). `vocab_size` is
-    the padded vocabulary (the embedding's rows), `real_vocab_size` the tokenizer's (default: no padding)."""
+    the padded vocabulary (the embedding's rows), `real_vocab_size` the tokenizer's (default: no padding); `impl`
+    the --transformer-impl (default: resolved from the config for its device)."""
     from megatron.core import parallel_state
 
     GPTModel = _llama_model_class()
+    impl = impl or transformer_impl(cfg)
     vp = tc.virtual_pipeline_model_parallel_size
     chunks = []
     for vp_stage in range(vp or 1):
@@ -149,7 +151,7 @@ def build_model_chunks(cfg: RunConfig, tc, vocab_size: int, real_vocab_size: Opt
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
         model = GPTModel(
             config=tc,
-            transformer_layer_spec=block_spec(tc, stage),
+            transformer_layer_spec=block_spec(tc, stage, impl),
             vocab_size=vocab_size,
             max_sequence_length=cfg.model.max_position_embeddings,
             pre_process=pre,

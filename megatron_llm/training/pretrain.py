@@ -72,7 +72,11 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
         overlap_param_gather_with_optimizer_step=False,
         timers=timers,
     )
+    from megatron_llm.training.optimizer import install_multi_tensor_ops, use_fused_adamw
+
+    install_multi_tensor_ops()  # grad norm of all tensors at once, read once per step
     optimizer = get_megatron_optimizer(opt_config, model)
+    use_fused_adamw(optimizer, info.device)
     # The schedules call these hooks; same wiring as Megatron-LM's training.py.
     tc.finalize_model_grads_func = finalize_model_grads
     tc.grad_scale_func = optimizer.scale_loss
@@ -220,6 +224,8 @@ class _DataIterators:
 
         from megatron_llm.data.gpt_datasets import micro_batches
 
+        cuda = torch.cuda.is_available() and cfg.launch.device != "cpu"
+        num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else (2 if cuda else 0)
         self.per_chunk = []
         for i in range(num_chunks):
             vp = i if num_chunks > 1 else None
@@ -228,7 +234,8 @@ class _DataIterators:
             if dataset is not None and (first or last):
                 it = micro_batches(dataset, consumed, cfg.data.micro_batch_size,
                                    parallel_state.get_data_parallel_rank(),
-                                   parallel_state.get_data_parallel_world_size())
+                                   parallel_state.get_data_parallel_world_size(),
+                                   num_workers=num_workers, pin_memory=cuda)
                 if record and first and os.environ.get(SAMPLE_LOG_ENV) and parallel_state.get_tensor_model_parallel_rank() == 0:
                     it = _recorded(it, os.environ[SAMPLE_LOG_ENV])
                 self.per_chunk.append(it)
@@ -314,6 +321,10 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
                        optimizer=optimizer, timers=timers, vocab_size=padded_vocab,
                        tokenizer_vocab_size=vocab_size)
     logger = MetricsLogger(cfg, info, vocab_size=vocab_size, resumed_at=iteration) if info.is_logging_rank else None
+    if logger is not None:
+        from megatron_llm.models.impl import describe
+
+        logger.info(describe(cfg.impl, info.device))
     for cb in callbacks:
         cb.on_train_start(ctx)
 
