@@ -201,6 +201,7 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
 
     tc = llama_config(cfg, device, timers)
     tc.activation_func = identity
+    tc.bias_activation_fusion = False  # megatron-core fuses only SwiGLU / GeGLU; the simple GLU has no activation
     return tc
 
 
