@@ -26,7 +26,8 @@ import torch
 
 from megatron_llm.config.model import LIGHTNING_BLOCK_SIZE
 from megatron_llm.config.training import RunConfig
-from megatron_llm.ops.linear_attention import layer_slopes, linear_attention
+from megatron_llm.ops.linear_attention import (layer_slopes, linear_attention, linear_attention_lightning,
+                                               linear_attention_recurrent)
 
 SRMS_EPS = 1e-6  # the released models' SimpleRMSNorm default (the presets' --norm-epsilon)
 
@@ -141,7 +142,7 @@ class TokenMixer(torch.nn.Module):
             # tied embeddings resume with wrong embedding optimizer state; see the issue-16 report.
             self.register_buffer("theta", lrpe_theta(heads, d)[local].to(config.params_dtype), persistent=True)
 
-    def forward(self, hidden_states, attention_mask=None, **_unused):
+    def forward(self, hidden_states, attention_mask=None, inference_context=None, **_unused):
         qkvu, _ = self.linear_qkvu(hidden_states)  # [s, b, 4 x local width]
         s, b = qkvu.shape[:2]
         q, k, v, u = qkvu.chunk(4, dim=-1)
@@ -150,12 +151,31 @@ class TokenMixer(torch.nn.Module):
             return t.reshape(s, b, self.local_heads, self.head_dim).permute(1, 2, 0, 3)  # [b, h, s, d]
 
         q, k, v = torch.nn.functional.silu(by_head(q)), torch.nn.functional.silu(by_head(k)), by_head(v)
-        if self.use_lrpe:
-            q, k = apply_lrpe(q, self.theta), apply_lrpe(k, self.theta)
-        o = linear_attention(q, k, v, self.slopes, "lightning", self.block_size)
+        if inference_context is None:
+            if self.use_lrpe:
+                q, k = apply_lrpe(q, self.theta), apply_lrpe(k, self.theta)
+            o = linear_attention(q, k, v, self.slopes, "lightning", self.block_size)
+        else:
+            o = self._decode(q, k, v, inference_context)
         o = o.permute(2, 0, 1, 3).reshape(s, b, self.local_heads * self.head_dim)
         o = _tp_srms_norm(o, self.config.layernorm_epsilon, self.width, self.tp_group) * u
         return self.linear_proj(o)
+
+    def _decode(self, q, k, v, ctx):
+        """Generation: the prompt block-wise, then each new token through the recurrent form, carrying this layer's
+        [d, e] state in megatron-core's inference context (what a KV cache is for softmax attention)."""
+        key = f"transnormer_state_{self.layer_index}"
+        offset = ctx.sequence_len_offset
+        state = ctx.key_value_memory_dict.get(key) if offset else None
+        if self.use_lrpe:
+            q, k = apply_lrpe(q, self.theta, offset), apply_lrpe(k, self.theta, offset)
+        if q.shape[2] == 1 and state is not None:
+            o, state = linear_attention_recurrent(q, k, v, self.slopes, state=state)
+        else:
+            o, state = linear_attention_lightning(q, k, v, self.slopes, self.block_size, state=state,
+                                                  return_state=True)
+        ctx.key_value_memory_dict[key] = state
+        return o
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None):
         from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
@@ -181,6 +201,7 @@ def transformer_config(cfg: RunConfig, device: str, timers=None):
 
     tc = llama_config(cfg, device, timers)
     tc.activation_func = identity
+    tc.bias_activation_fusion = False  # megatron-core fuses only SwiGLU / GeGLU; the simple GLU has no activation
     return tc
 
 

@@ -127,6 +127,16 @@ def test_megatron_model_matches_reference_forward_and_hf_round_trip(tmp_path):
         pos = torch.arange(40).view(1, -1).expand(2, -1)
         with torch.no_grad():
             logits = model(ids, pos, None)[..., :300]
+        # Generation with the recurrent state (inference context) = greedy decoding by full forwards.
+        from megatron_llm.inference.generate import generate
+        prompt = ids[0, :9].tolist()
+        fast = generate(model, prompt, 6, 300)
+        seq = list(prompt)
+        for _ in range(6):
+            with torch.no_grad():
+                full = model(torch.tensor([seq]), torch.arange(len(seq)).view(1, -1), None)
+            seq.append(int(full[0, -1, :300].argmax()))
+        assert fast == seq[9:], (fast, seq[9:])
         torch.save(dict(hf=hf, config=hf_config_from_model(cfg.model), ids=ids, logits=logits,
                         count=sum(t.numel() for n, t in model.state_dict().items() if not n.endswith("_extra_state")),
                         formula=cfg.model.num_parameters(vocab)),
