@@ -64,7 +64,7 @@ class ModelConfig:
         embeddings = v * h * (2 if self.untie_embeddings_and_output_weights else 1)
         if self.architecture == "transnormer":
             # q, k, v, u projections + output projection, simple GLU (l1, l2, l3); SRMSNorm has no weights; each LRPE
-            # layer stores one angle per (head, channel) (a tensor of the released checkpoints; fixed here).
+            # layer learns one angle per (head, channel).
             per_layer = 4 * h * q + q * h + 3 * h * f
             return self.num_layers * per_layer + len(self.lrpe_layers or []) * q + embeddings
         per_layer = h * (q + 2 * kv) + q * h + 3 * h * f + 2 * h  # qkv, out proj, SwiGLU (gate+up, down), 2 norms

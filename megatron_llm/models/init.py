@@ -47,7 +47,7 @@ def global_parameter_names(chunk: torch.nn.Module) -> Iterator[Tuple[str, torch.
             name = f"decoder.layers.{offsets[int(m.group(1))]}." + name[m.end():]
         if name == "output_layer.weight" and getattr(param, "shared_embedding", False):
             name = "embedding.word_embeddings.weight"  # tied: the last stage's copy of the embedding
-        yield name, param, dims.get(id(param))
+        yield name, param, dims.get(id(param), getattr(param, "tp_partition_dim", None))
 
 
 def _stacked_parts(name: str, gated: bool) -> int:
@@ -91,6 +91,8 @@ def init_weights(chunks: List[torch.nn.Module], seed: int, std: float, num_layer
         for name, param, dim in global_parameter_names(chunk):
             # Grad-norm clipping and the optimizers read these to tell TP shards from TP duplicates.
             set_tensor_model_parallel_attributes(param, dim is not None, 0 if dim is None else dim, 1)
+            if getattr(param, "keep_module_init", False):  # set by its module, the same at every layout
+                continue
             if param.dim() == 1:
                 param.fill_(1.0 if name.endswith("weight") else 0.0)  # norm weights; biases
                 continue

@@ -137,10 +137,12 @@ class TokenMixer(torch.nn.Module):
         self.register_buffer("slopes", layer_slopes(heads, index, config.num_layers)[local].float(), persistent=False)
         self.use_lrpe = index in set(lrpe_layers)
         if self.use_lrpe:
-            # The angles are kept fixed at their initial values (a persistent buffer: in checkpoints and HF
-            # exports, not in the optimizer). A trainable theta (as in the public code) made a PP checkpoint with
-            # tied embeddings resume with wrong embedding optimizer state; see the issue-16 report.
-            self.register_buffer("theta", lrpe_theta(heads, d)[local].to(config.params_dtype), persistent=True)
+            theta = lrpe_theta(heads, d)[local].to(config.params_dtype)
+            # Trained, as in the public TransNormerLLM code (its Lrpe.theta is an nn.Parameter). Initially a
+            # deterministic function of the shape, computed whole and sliced: init_weights keeps it as it is.
+            self.theta = torch.nn.Parameter(theta)
+            self.theta.keep_module_init = True
+            self.theta.tp_partition_dim = 0
 
     def forward(self, hidden_states, attention_mask=None, inference_context=None, **_unused):
         qkvu, _ = self.linear_qkvu(hidden_states)  # [s, b, 4 x local width]
