@@ -132,10 +132,11 @@ def config_to_dict(cfg: RunConfig) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def validate(cfg: RunConfig, world_size: int) -> None:
+def validate(cfg: RunConfig, world_size: int, schedule: bool = True) -> None:
     """Refuse impossible shapes and layouts before any process group exists (a bad one would hang the workers).
     Shapes only: whether the input files exist and agree is data's question (data/input_checks.py), asked once
-    per job by the process the user runs."""
+    per job by the process the user runs. schedule=False skips the learning-rate schedule (the planner asks
+    about layouts, not run lengths)."""
     m, p, d = cfg.model, cfg.parallel, cfg.data
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     if tp < 1 or pp < 1:
@@ -144,6 +145,11 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError(f"world size {world_size} (--nproc-per-node x nodes) is not divisible by "
                           f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} = {tp * pp}")
     dp = cfg.data_parallel_size(world_size)
+    o = cfg.optim
+    decay_iters = o.lr_decay_iters or cfg.train.train_iters
+    if schedule and o.lr_warmup_iters >= decay_iters:  # megatron-core's scheduler asserts this without saying which flag
+        raise ConfigError(f"--lr-warmup-iters {o.lr_warmup_iters} must be smaller than the decay length "
+                          f"({'--lr-decay-iters' if o.lr_decay_iters else '--train-iters'} {decay_iters})")
     if m.num_attention_heads % tp:
         raise ConfigError(f"--num-attention-heads {m.num_attention_heads} is not divisible by "
                           f"--tensor-model-parallel-size {tp}")

@@ -85,7 +85,7 @@ def fixed_layout(cfg: RunConfig, pb: Problem, recompute: str) -> Layout:
                         f"--pipeline-model-parallel-size {pp}")
     probe = replace(cfg, data=replace(d, mock_data=True), model=replace(cfg.model, ffn_hidden_size=pb.model.ffn_hidden_size))
     try:
-        validate(probe, pb.num_gpus)
+        validate(probe, pb.num_gpus, schedule=False)
     except ConfigError as e:
         raise PlanError(str(e)) from None
     dp = pb.num_gpus // (tp * pp)

@@ -39,6 +39,9 @@ def profile_config(argv: List[str]):
     # A profile measures steps; it must not evaluate (a different code path inside the window) or overwrite
     # checkpoints of a real run. It may --load one, to profile a resumed state.
     cfg.train.train_iters = args.warmup_iters + args.profile_iters
+    # The learning rate does not change a step's cost, but a recipe's warm-up (2,000 iterations for the 7B
+    # presets) longer than the profile is an impossible schedule: warm up within the profile instead.
+    cfg.optim.lr_warmup_iters = min(cfg.optim.lr_warmup_iters, cfg.train.train_iters - 1)
     cfg.train.eval_interval = 0
     cfg.train.exit_interval = None
     cfg.checkpoint.save = None

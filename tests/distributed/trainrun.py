@@ -40,7 +40,7 @@ def train_args(out: Path, data: Optional[str], nproc: int, extra: List[str], ite
     args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", "cpu", "--nproc-per-node", str(nproc),
             *MODEL, "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
             "--micro-batch-size", str(mbs), "--global-batch-size", str(gbs), "--train-iters", str(iters),
-            "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "1", "--eval-interval", "0",
+            "--lr", "1e-3", "--min-lr", "1e-4", "--lr-warmup-iters", "1" if iters > 1 else "0", "--eval-interval", "0",
             "--tensorboard-dir", str(out / "tb"), "--seed", "1234"]
     args += ["--data-path", data, "--split", "98,2,0"] if data else ["--mock-data"]
     return args + list(extra)

@@ -15,7 +15,7 @@ def _submit(tmp_path, *flags):
     run = tmp_path / "run"
     p = subprocess.run([sys.executable, "-m", "megatron_llm.cli", "submit", "--dry-run", "--nodes", "2",
                         "--gpus-per-node", "8", "--partition", "gpu", "--time", "01:00:00", "--run-dir", str(run),
-                        "--recipe", "tinyllama-1.1b", "--mock-data", "--bf16", *flags],
+                        "--recipe", "tinyllama-1.1b", "--mock-data", "--bf16", "--train-iters", "100000", *flags],
                        capture_output=True, text=True, timeout=120, cwd=str(REPO))
     assert p.returncode == 0, p.stderr
     return run

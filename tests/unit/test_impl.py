@@ -71,7 +71,8 @@ def test_recompute_flags_reach_megatron_core():
     tests/distributed/test_recompute.py.)"""
     code = textwrap.dedent('''
         import os, json, torch
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29743")
+        from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         from megatron_llm.config.arguments import build_config
         from megatron_llm.training.initialize import initialize
         from megatron_llm.models.llama import build_model_chunks, transformer_config
@@ -112,7 +113,8 @@ def test_fused_impl_builds_sdpa_and_our_ops_into_the_model():
     megatron-core's fusion slots with its switches on."""
     code = textwrap.dedent('''
         import os
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29745")
+        from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         from megatron_llm.config.arguments import build_config
         from megatron_llm.training.initialize import initialize
         from megatron_llm.models.llama import build_model_chunks, transformer_config

@@ -179,6 +179,7 @@ def test_plan_prints_a_train_command_that_train_accepts_for_that_many_gpus():
     from megatron_llm.config.arguments import build_config, parse_run_args, validate
 
     p = _plan("--recipe", "llama2-7b", "--gpus", "64", "--gpu-type", "a800", "--global-batch-size", "512",
+              "--train-iters", "250000",  # the run length is the user's: it goes into the printed commands
               "--bf16", "--mock-data", "--top", "3")
     assert p.returncode == 0, p.stderr
     submit = next(ln for ln in p.stdout.splitlines() if ln.startswith("megatron-llm submit"))

@@ -77,7 +77,7 @@ def test_recipes_validate_at_their_intended_scale():
                                   "baichuan-7b": (1, 1, 128), "tinyllama-1.1b": (1, 1, 8),
                                   "tiny-llm-1.5b": (2, 2, 8)}.items():
         cfg = build_config({"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
-                            "mock_data": True}, name)
+                            "mock_data": True, "train_iters": 100_000}, name)  # past the recipes' warm-up
         validate(cfg, world)
 
 
@@ -94,7 +94,8 @@ def test_formula_equals_a_real_megatron_core_model():
     # Build tiny-llm-16m (untied) and a tied, GQA variant as real GPTModels (one CPU process, gloo) and count.
     code = textwrap.dedent("""
         import os, json
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29731")
+        from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         from megatron_llm.config.arguments import build_config
         from megatron_llm.training.initialize import initialize
         from megatron_llm.models.llama import build_model_chunks, padded_vocab_size, transformer_config
@@ -118,3 +119,21 @@ def test_formula_equals_a_real_megatron_core_model():
     assert len(counts) == 2
     for real, formula in counts.values():
         assert real == formula
+
+
+def test_warmup_longer_than_the_schedule_is_named():
+    # megatron-core's scheduler would stop with a bare AssertionError (warm-up steps < decay steps).
+    cfg = build_config({"mock_data": True, "vocab_size": 64, "train_iters": 5, "lr_warmup_iters": 5})
+    with pytest.raises(ConfigError, match="--lr-warmup-iters 5 must be smaller .*--train-iters 5"):
+        validate(cfg, 1)
+    cfg = build_config({"mock_data": True, "vocab_size": 64, "train_iters": 5, "lr_warmup_iters": 5, "lr_decay_iters": 6})
+    validate(cfg, 1)
+
+
+def test_profile_of_a_recipe_warms_up_within_the_profile():
+    from megatron_llm.profiling.options import profile_config
+
+    _, cfg, _ = profile_config(["--recipe", "tinyllama-1.1b", "--mock-data", "--warmup-iters", "3",
+                                "--profile-iters", "10"])
+    assert cfg.train.train_iters == 13 and cfg.optim.lr_warmup_iters == 12
+    validate(cfg, 8)

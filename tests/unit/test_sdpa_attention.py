@@ -10,7 +10,8 @@ import textwrap
 def test_sdpa_matches_megatron_dot_product_attention():
     code = textwrap.dedent("""
         import os, torch
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29741")
+        from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         from megatron_llm.parallel import cpu_emulation
         cpu_emulation.activate()
         import torch.distributed as dist

@@ -99,7 +99,8 @@ def test_megatron_model_matches_reference_forward_and_hf_round_trip(tmp_path):
     # the reference forward, and import the export back.
     code = textwrap.dedent(f"""
         import os, json, torch
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29741")
+        from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         from megatron_llm.config.arguments import build_config
         from megatron_llm.training.initialize import initialize
         from megatron_llm.models.build import build_model_chunks, transformer_config
