@@ -54,10 +54,10 @@ def _transnormer_config(m: Dict[str, Any]):
 
 
 def weight_tensors(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """The model's converted tensors by name: its parameters and TransNormer's LRPE angles (a buffer)."""
-    out = dict(model.named_parameters())
-    out.update({n: b for n, b in model.named_buffers() if n.endswith("self_attention.theta")})
-    return out
+    """The model's converted tensors by name (TransNormer's LRPE angles are parameters too, as in the public code)."""
+    return dict(model.named_parameters())
+
+
 SUPPORTED = ", ".join(a for f in FAMILIES for a in f.architectures)
 
 
