@@ -193,6 +193,50 @@ at::Tensor ce_grad(const at::Tensor& logits_, const at::Tensor& target_local, in
   return grad;
 }
 
+
+// lightning attention: q, k [b, h, n, d], v [b, h, n, e] of one dtype, rates [h]; the output [b, h, n, e]
+void check_lightning(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& rates) {
+  TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.dim() == 4 && v.sizes().slice(0, 3) == q.sizes().slice(0, 3),
+              "megatron_llm ops: lightning attention expects q, k [b, h, n, d] and v [b, h, n, e]");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
+              "megatron_llm ops: lightning attention q, k, v must share one dtype");
+  TORCH_CHECK(rates.numel() == q.size(1), "megatron_llm ops: lightning attention needs one decay rate per head");
+}
+
+// out = LA(a, b, c) causal (reverse: anti-causal); a, b [b, h, n, d_ab], c [b, h, n, e]
+at::Tensor lightning_call(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, const at::Tensor& rates,
+                          int64_t block, bool reverse) {
+  const int64_t heads = a.size(1), bh = a.size(0) * heads, n = a.size(2), d = a.size(3), e = c.size(3);
+  at::Tensor out = at::empty(c.sizes(), c.options());
+  const int64_t B = std::max<int64_t>(1, std::min<int64_t>(block, n));
+  at::Tensor ws = at::empty({bh, B * B + d * e}, a.options().dtype(acc_type(a)));
+  if (bh == 0 || n == 0) return out.zero_();
+  MLLM_CALL(a, lightning_attention, dtype_code(a), a.data_ptr(), b.data_ptr(), c.data_ptr(), out.data_ptr(),
+            rates.data_ptr(), ws.data_ptr(), bh, heads, n, d, e, B, reverse);
+  return out;
+}
+
+at::Tensor lightning_attention_fwd(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+                                   const at::Tensor& rates_, int64_t block) {
+  TORCH_CHECK(block >= 1, "megatron_llm ops: lightning attention block size must be positive");
+  at::Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  check_lightning(q, k, v, rates_);
+  at::Tensor rates = rates_.to(q.device(), acc_type(q)).contiguous();
+  return lightning_call(q, k, v, rates, block, false);
+}
+
+// dq = LA(do, v, k); dk = anti-causal LA(v, do, q); dv = anti-causal LA(k, q, do)
+std::vector<at::Tensor> lightning_attention_bwd(const at::Tensor& g_, const at::Tensor& q_, const at::Tensor& k_,
+                                                const at::Tensor& v_, const at::Tensor& rates_, int64_t block) {
+  at::Tensor q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  check_lightning(q, k, v, rates_);
+  at::Tensor g = g_.to(q.scalar_type()).contiguous();
+  TORCH_CHECK(g.sizes() == v.sizes(), "megatron_llm ops: lightning attention grad and output shapes differ");
+  at::Tensor rates = rates_.to(q.device(), acc_type(q)).contiguous();
+  return {lightning_call(g, v, k, rates, block, false), lightning_call(v, g, q, rates, block, true),
+          lightning_call(k, q, g, rates, block, true)};
+}
+
 void bind(pybind11::module_& m) {
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm forward -> [y, rstd]");
   m.def("add_rms_norm_fwd", &add_rms_norm_fwd, "residual add + RMSNorm forward -> [y, x + residual, rstd]");
@@ -205,6 +249,8 @@ void bind(pybind11::module_& m) {
   m.def("softmax_bwd", &softmax_bwd, "scaled softmax backward");
   m.def("ce_stats", &ce_stats, "cross-entropy shard stats [rows, 4]: max, sum exp, target logit, sum");
   m.def("ce_grad", &ce_grad, "cross-entropy gradient of a logits shard");
+  m.def("lightning_attention_fwd", &lightning_attention_fwd, "decayed causal linear attention, block-wise");
+  m.def("lightning_attention_bwd", &lightning_attention_bwd, "lightning attention backward -> [dq, dk, dv]");
 }
 
 MLLM_REGISTER_BINDINGS(bind);

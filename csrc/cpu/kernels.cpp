@@ -9,6 +9,7 @@
 
 #include "mllm/cross_entropy.h"
 #include "mllm/launchers.h"
+#include "mllm/lightning_attention.h"
 #include "mllm/rms_norm.h"
 #include "mllm/rope.h"
 #include "mllm/softmax.h"
@@ -211,6 +212,36 @@ void ce_grad(int dtype, const void* x_, const int64_t* target, const void* lse_,
       for (int64_t r = lo; r < hi; ++r)
         ce_partial_grad<T, A>(x + r * n, grad + r * n, n_valid, n, target[r], lse[r], gscale[r],
                               static_cast<A>(smoothing), static_cast<A>(inv_k), 0, 1);
+    });
+  });
+}
+
+void lightning_attention(int dtype, const void* q_, const void* k_, const void* v_, void* o_, const void* rates_,
+                         void* workspace_, int64_t bh, int64_t heads, int64_t n, int64_t d, int64_t e, int64_t block,
+                         bool reverse) {
+  dispatch(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using A = typename Acc<T>::type;
+    const T* q = static_cast<const T*>(q_);
+    const T* k = static_cast<const T*>(k_);
+    const T* v = static_cast<const T*>(v_);
+    T* o = static_cast<T*>(o_);
+    const A* rates = static_cast<const A*>(rates_);
+    A* ws = static_cast<A*>(workspace_);
+    const int64_t ws_size = block * block + d * e;
+    at::parallel_for(0, bh, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p) {
+        A* P = ws + p * ws_size;
+        A* S = P + block * block;
+        const A rate = rates[p % heads];
+        la_zero<A>(S, d * e, 0, 1);
+        for (int64_t s0 = 0; s0 < n; s0 += block) {
+          const int64_t m = n - s0 < block ? n - s0 : block;
+          la_block_scores<T, A>(q + p * n * d, k + p * n * d, P, s0, m, n, d, rate, reverse, 0, 1);
+          la_block_columns<T, A>(q + p * n * d, k + p * n * d, v + p * n * e, o + p * n * e, P, S, s0, m, n, d, e,
+                                 rate, reverse, 0, 1);
+        }
+      }
     });
   });
 }

@@ -10,7 +10,7 @@ import torch
 from . import build
 
 OPS = ("rms_norm", "rms_norm_residual", "rope", "swiglu", "vocab_parallel_cross_entropy",
-       "scaled_masked_softmax", "wgrad_gemm_accum")
+       "scaled_masked_softmax", "lightning_attention", "wgrad_gemm_accum")
 
 
 def extension(*tensors: torch.Tensor):

@@ -13,8 +13,9 @@ For one head with decay rate s (lambda = exp(-s)), queries q_i, keys k_j, values
                O(n B d + n d^2); any n, the last block may be short.
 
 Tensors are [batch, heads, n, d] (values may have another width e); `slopes` holds s per head, shape [heads].
-All three accumulate in fp32 and return the input dtype; gradients come from autograd through torch ops (the fused
-kernel of csrc/ replaces the lightning form on GPU when it is built).
+All three accumulate in fp32 and return the input dtype. The lightning form runs the csrc/ kernel (C++ on CPU tensors,
+CUDA on GPU ones; forward and a backward of three kernel calls) when the extension is built and no carried state is
+asked for; else the torch code here, with gradients from autograd (MEGATRON_LLM_NO_EXT=1 forces it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from megatron_llm.config.model import LIGHTNING_BLOCK_SIZE
+
+from .dispatch import extension
 
 IMPLEMENTATIONS = ("lightning", "parallel", "recurrent")
 
@@ -95,10 +98,49 @@ def linear_attention_recurrent(q, k, v, slopes, state: Optional[torch.Tensor] = 
     return out.to(q.dtype), s
 
 
+class _LightningKernel(torch.autograd.Function):
+    """The csrc/ kernel: forward, and backward as dq = LA(do, v, k), dk, dv = anti-causal LA(v, do, q), LA(k, q, do)
+    (recomputed block-wise from q, k, v; nothing but the inputs is saved)."""
+
+    @staticmethod
+    def forward(ctx, ext, q, k, v, slopes, block_size):
+        ctx.ext, ctx.block_size = ext, block_size
+        ctx.save_for_backward(q, k, v, slopes)
+        return ext.lightning_attention_fwd(q, k, v, slopes, block_size)
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, slopes = ctx.saved_tensors
+        dq, dk, dv = ctx.ext.lightning_attention_bwd(g, q, k, v, slopes, ctx.block_size)
+        return None, dq, dk, dv, None, None
+
+
+def _kernel(q, k, v, slopes):
+    """The extension to run the lightning form with, or None (torch code): one floating dtype, no slope gradient."""
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float64, torch.float16,
+                                                              torch.bfloat16) or slopes.requires_grad:
+        return None
+    ext = extension(q, k, v)
+    return ext if ext is not None and hasattr(ext, "lightning_attention_fwd") else None
+
+
 def linear_attention_lightning(q, k, v, slopes, block_size: int = LIGHTNING_BLOCK_SIZE,
                                state: Optional[torch.Tensor] = None, return_state: bool = False):
     """Block-wise form: intra-block quadratic, inter-block through the [d, e] state. Returns the output, or
     (output, final state) with return_state=True (a prefill for generation)."""
+    _check(q, k, v, slopes)
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if state is None and not return_state:
+        ext = _kernel(q, k, v, slopes)
+        if ext is not None:
+            return _LightningKernel.apply(ext, q, k, v, slopes.detach().to(q.device), int(block_size))
+    return linear_attention_lightning_torch(q, k, v, slopes, block_size, state, return_state)
+
+
+def linear_attention_lightning_torch(q, k, v, slopes, block_size: int = LIGHTNING_BLOCK_SIZE,
+                                     state: Optional[torch.Tensor] = None, return_state: bool = False):
+    """The lightning form in torch ops (the fallback, and the kernel's reference in tests)."""
     _check(q, k, v, slopes)
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")

@@ -1,0 +1,63 @@
+// Block-wise lightning attention (causal linear attention with decay lambda = exp(-rate)) for one (batch, head):
+//     o_i = sum_{t <= i} lambda^(i - t) (q_i . k_t) v_t,      q, k [n, d], v, o [n, e], fp32 (fp64) accumulation.
+// Per block of m rows starting at s0: scores P = (Q K^T) * decay (intra-block, causal), then per value column j
+// o_ij = sum_t P_it v_tj + lambda^(i+1) sum_c q_ic S_cj and S_cj <- lambda^m S_cj + sum_t lambda^(m-1-t) k_tc v_tj.
+// Column j of the [d, e] state depends on column j of v only, so workers split the columns (and the score entries);
+// the CPU kernel calls these with (start 0, stride 1), the CUDA kernel with (threadIdx.x, blockDim.x) and a block
+// barrier between the two phases. With `reverse` row i means row n-1-i (anti-causal): the backward pass is three
+// such calls, dq = LA(do, v, k), dk = rev LA(v, do, q), dv = rev LA(k, q, do).
+#pragma once
+
+#include "mllm/common.h"
+
+namespace mllm {
+
+template <class P> MLLM_HD P la_row(P base, int64_t i, int64_t n, int64_t dim, bool reverse) {
+  return base + (reverse ? n - 1 - i : i) * dim;
+}
+
+// P[i * m + t] = lambda^(i - t) (q_i . k_t) for t <= i, else 0 (rows s0 .. s0 + m - 1)
+template <class T, class A>
+MLLM_HD void la_block_scores(const T* q, const T* k, A* P, int64_t s0, int64_t m, int64_t n, int64_t d, A rate,
+                             bool reverse, int64_t start, int64_t stride) {
+  for (int64_t idx = start; idx < m * m; idx += stride) {
+    const int64_t i = idx / m, t = idx % m;
+    A acc = 0;
+    if (t <= i) {
+      const T* qi = la_row(q, s0 + i, n, d, reverse);
+      const T* kt = la_row(k, s0 + t, n, d, reverse);
+      for (int64_t c = 0; c < d; ++c) acc += load<A>(qi, c) * load<A>(kt, c);
+      acc *= exp(-rate * static_cast<A>(i - t));
+    }
+    P[idx] = acc;
+  }
+}
+
+// the block's output columns (intra + inter through the state S [d, e]), then the state update of those columns
+template <class T, class A>
+MLLM_HD void la_block_columns(const T* q, const T* k, const T* v, T* o, const A* P, A* S, int64_t s0, int64_t m,
+                              int64_t n, int64_t d, int64_t e, A rate, bool reverse, int64_t start, int64_t stride) {
+  const A decay_m = exp(-rate * static_cast<A>(m));
+  for (int64_t j = start; j < e; j += stride) {
+    for (int64_t i = 0; i < m; ++i) {
+      const T* qi = la_row(q, s0 + i, n, d, reverse);
+      A inter = 0;
+      for (int64_t c = 0; c < d; ++c) inter += load<A>(qi, c) * S[c * e + j];
+      A intra = 0;
+      for (int64_t t = 0; t <= i; ++t) intra += P[i * m + t] * load<A>(la_row(v, s0 + t, n, e, reverse), j);
+      store(la_row(o, s0 + i, n, e, reverse), j, intra + exp(-rate * static_cast<A>(i + 1)) * inter);
+    }
+    for (int64_t c = 0; c < d; ++c) S[c * e + j] *= decay_m;
+    for (int64_t t = 0; t < m; ++t) {
+      const A w = exp(-rate * static_cast<A>(m - 1 - t)) * load<A>(la_row(v, s0 + t, n, e, reverse), j);
+      const T* kt = la_row(k, s0 + t, n, d, reverse);
+      for (int64_t c = 0; c < d; ++c) S[c * e + j] += w * load<A>(kt, c);
+    }
+  }
+}
+
+template <class A> MLLM_HD void la_zero(A* S, int64_t size, int64_t start, int64_t stride) {
+  for (int64_t i = start; i < size; i += stride) S[i] = A(0);
+}
+
+}  // namespace mllm
