@@ -1,8 +1,10 @@
-"""Lightning attention on the GPU in bf16 against the fp64 parallel reference (skipped without CUDA)."""
+"""Lightning attention on the GPU in bf16 against the fp64 parallel reference (skipped without CUDA): the csrc/ CUDA
+kernel, which must build here (a CUDA build of the extension is part of what this checks)."""
 
 import pytest
 import torch
 
+from megatron_llm.ops import build
 from megatron_llm.ops.linear_attention import layer_slopes, linear_attention_lightning, linear_attention_parallel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -16,7 +18,10 @@ def test_lightning_bf16_matches_reference(n):
     slopes = layer_slopes(8, 3, 24).cuda()
     ref = linear_attention_parallel(q.double(), k.double(), v.double(), slopes)
     qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    ext, why = build.load()
+    assert ext is not None and ext.with_cuda(), f"no CUDA build of the csrc extension: {why}"
     out = linear_attention_lightning(qb, kb, vb, slopes)
+    assert type(out.grad_fn).__name__ == "_LightningKernelBackward", "the CUDA kernel did not run"
     assert out.dtype == torch.bfloat16
     rel = (out.double() - ref).norm() / ref.norm()
     assert rel < 1e-2, rel
