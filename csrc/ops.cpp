@@ -209,7 +209,7 @@ at::Tensor lightning_call(const at::Tensor& a, const at::Tensor& b, const at::Te
   const int64_t heads = a.size(1), bh = a.size(0) * heads, n = a.size(2), d = a.size(3), e = c.size(3);
   at::Tensor out = at::empty(c.sizes(), c.options());
   const int64_t B = std::max<int64_t>(1, std::min<int64_t>(block, n));
-  at::Tensor ws = at::empty({bh, B * B + d * e}, a.options().dtype(acc_type(a)));
+  at::Tensor ws = at::empty({bh, B * B + d * e + e}, a.options().dtype(acc_type(a)));
   if (bh == 0 || n == 0) return out.zero_();
   MLLM_CALL(a, lightning_attention, dtype_code(a), a.data_ptr(), b.data_ptr(), c.data_ptr(), out.data_ptr(),
             rates.data_ptr(), ws.data_ptr(), bh, heads, n, d, e, B, reverse);

@@ -228,18 +228,19 @@ void lightning_attention(int dtype, const void* q_, const void* k_, const void* 
     T* o = static_cast<T*>(o_);
     const A* rates = static_cast<const A*>(rates_);
     A* ws = static_cast<A*>(workspace_);
-    const int64_t ws_size = block * block + d * e;
+    const int64_t ws_size = block * block + d * e + e;
     at::parallel_for(0, bh, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
         A* P = ws + p * ws_size;
         A* S = P + block * block;
+        A* R = S + d * e;
         const A rate = rates[p % heads];
         la_zero<A>(S, d * e, 0, 1);
         for (int64_t s0 = 0; s0 < n; s0 += block) {
           const int64_t m = n - s0 < block ? n - s0 : block;
           la_block_scores<T, A>(q + p * n * d, k + p * n * d, P, s0, m, n, d, rate, reverse, 0, 1);
-          la_block_columns<T, A>(q + p * n * d, k + p * n * d, v + p * n * e, o + p * n * e, P, S, s0, m, n, d, e,
-                                 rate, reverse, 0, 1);
+          la_block_columns<T, A>(q + p * n * d, k + p * n * d, v + p * n * e, o + p * n * e, P, S, R, s0, m, n, d,
+                                 e, rate, reverse, 0, 1);
         }
       }
     });

@@ -13,10 +13,11 @@ constexpr int kLaThreads = 128;
 template <class T, class A>
 __global__ void lightning_kernel(const T* q, const T* k, const T* v, T* o, const A* rates, A* ws, int64_t bh,
                                  int64_t heads, int64_t n, int64_t d, int64_t e, int64_t block, bool reverse) {
-  const int64_t ws_size = block * block + d * e;
+  const int64_t ws_size = block * block + d * e + e;
   for (int64_t p = blockIdx.x; p < bh; p += gridDim.x) {
     A* P = ws + p * ws_size;
     A* S = P + block * block;
+    A* R = S + d * e;
     const A rate = rates[p % heads];
     la_zero<A>(S, d * e, threadIdx.x, blockDim.x);  // split by entries here, by columns below: hence the barrier
     __syncthreads();
@@ -24,8 +25,8 @@ __global__ void lightning_kernel(const T* q, const T* k, const T* v, T* o, const
       const int64_t m = n - s0 < block ? n - s0 : block;
       la_block_scores<T, A>(q + p * n * d, k + p * n * d, P, s0, m, n, d, rate, reverse, threadIdx.x, blockDim.x);
       __syncthreads();
-      la_block_columns<T, A>(q + p * n * d, k + p * n * d, v + p * n * e, o + p * n * e, P, S, s0, m, n, d, e, rate,
-                             reverse, threadIdx.x, blockDim.x);
+      la_block_columns<T, A>(q + p * n * d, k + p * n * d, v + p * n * e, o + p * n * e, P, S, R, s0, m, n, d, e,
+                             rate, reverse, threadIdx.x, blockDim.x);
       __syncthreads();  // P is rewritten by the next block's scores
     }
   }

@@ -28,7 +28,7 @@
   void ce_grad(int dtype, const void* x, const int64_t* target, const void* lse, const void* gscale, void* grad,  \
                int64_t rows, int64_t n, int64_t n_valid, double smoothing, double inv_k STREAM);               \
   /* lightning attention over bh = batch * heads problems: q, k [bh, n, d], v, o [bh, n, e]; rates [heads] and   \
-     workspace [bh, block * block + d * e] acc type; reverse: anti-causal (the backward's dk, dv) */           \
+     workspace [bh, block^2 + d * e + e] acc type; reverse: anti-causal (the backward's dk, dv) */           \
   void lightning_attention(int dtype, const void* q, const void* k, const void* v, void* o, const void* rates,     \
                            void* workspace, int64_t bh, int64_t heads, int64_t n, int64_t d, int64_t e,           \
                            int64_t block, bool reverse STREAM);

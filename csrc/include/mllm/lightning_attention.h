@@ -33,25 +33,40 @@ MLLM_HD void la_block_scores(const T* q, const T* k, A* P, int64_t s0, int64_t m
   }
 }
 
-// the block's output columns (intra + inter through the state S [d, e]), then the state update of those columns
+// the block's output columns (intra + inter through the state S [d, e]), then the state update of those columns.
+// R [e] is scratch for the output row (entry j used by column j's worker only). The columns are the innermost
+// loop everywhere: contiguous (vectorised) on the CPU, coalesced on the GPU.
 template <class T, class A>
-MLLM_HD void la_block_columns(const T* q, const T* k, const T* v, T* o, const A* P, A* S, int64_t s0, int64_t m,
+MLLM_HD void la_block_columns(const T* q, const T* k, const T* v, T* o, const A* P, A* S, A* R, int64_t s0, int64_t m,
                               int64_t n, int64_t d, int64_t e, A rate, bool reverse, int64_t start, int64_t stride) {
-  const A decay_m = exp(-rate * static_cast<A>(m));
-  for (int64_t j = start; j < e; j += stride) {
-    for (int64_t i = 0; i < m; ++i) {
-      const T* qi = la_row(q, s0 + i, n, d, reverse);
-      A inter = 0;
-      for (int64_t c = 0; c < d; ++c) inter += load<A>(qi, c) * S[c * e + j];
-      A intra = 0;
-      for (int64_t t = 0; t <= i; ++t) intra += P[i * m + t] * load<A>(la_row(v, s0 + t, n, e, reverse), j);
-      store(la_row(o, s0 + i, n, e, reverse), j, intra + exp(-rate * static_cast<A>(i + 1)) * inter);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = start; j < e; j += stride) R[j] = A(0);
+    for (int64_t t = 0; t <= i; ++t) {
+      const A w = P[i * m + t];
+      const T* vt = la_row(v, s0 + t, n, e, reverse);
+      for (int64_t j = start; j < e; j += stride) R[j] += w * load<A>(vt, j);
     }
-    for (int64_t c = 0; c < d; ++c) S[c * e + j] *= decay_m;
-    for (int64_t t = 0; t < m; ++t) {
-      const A w = exp(-rate * static_cast<A>(m - 1 - t)) * load<A>(la_row(v, s0 + t, n, e, reverse), j);
-      const T* kt = la_row(k, s0 + t, n, d, reverse);
-      for (int64_t c = 0; c < d; ++c) S[c * e + j] += w * load<A>(kt, c);
+    const A decay_i = exp(-rate * static_cast<A>(i + 1));
+    const T* qi = la_row(q, s0 + i, n, d, reverse);
+    for (int64_t c = 0; c < d; ++c) {
+      const A w = decay_i * load<A>(qi, c);
+      const A* Sc = S + c * e;
+      for (int64_t j = start; j < e; j += stride) R[j] += w * Sc[j];
+    }
+    T* oi = la_row(o, s0 + i, n, e, reverse);
+    for (int64_t j = start; j < e; j += stride) store(oi, j, R[j]);
+  }
+  const A decay_m = exp(-rate * static_cast<A>(m));
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t j = start; j < e; j += stride) S[c * e + j] *= decay_m;
+  for (int64_t t = 0; t < m; ++t) {
+    const A wt = exp(-rate * static_cast<A>(m - 1 - t));
+    const T* kt = la_row(k, s0 + t, n, d, reverse);
+    const T* vt = la_row(v, s0 + t, n, e, reverse);
+    for (int64_t c = 0; c < d; ++c) {
+      const A w = wt * load<A>(kt, c);
+      A* Sc = S + c * e;
+      for (int64_t j = start; j < e; j += stride) Sc[j] += w * load<A>(vt, j);
     }
   }
 }
