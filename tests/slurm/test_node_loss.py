@@ -16,8 +16,12 @@ import pytest
 from cluster import LocalSlurmCluster, missing_binaries
 from test_slurm_jobs import TRAIN, data, events, job_record, submit, wait_for  # noqa: F401 (data: fixture)
 
-# slurmctld pings every SlurmdTimeout/3 s and sets a node DOWN once it has not answered for SlurmdTimeout s.
+# slurmctld pings every SlurmdTimeout/3 s and sets a node DOWN once it has not answered for SlurmdTimeout s; the
+# failed pings themselves wait up to MessageTimeout. Measured here, a slurmd killed to its node DOWN: 26 s with
+# SlurmdTimeout=5 (MessageTimeout 10, the default), 17 s with both 5, 9.5 s with 2 and 4. Lower would risk the
+# live node missing pings on a busy 2-core machine.
 SLURMD_TIMEOUT = 5
+MESSAGE_TIMEOUT = 5
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +31,7 @@ def slurm(tmp_path_factory):
         pytest.fail(f"Slurm is not installed ({', '.join(missing)}): run `bash scripts/setup_slurm.sh` as root")
     cluster = LocalSlurmCluster(tmp_path_factory.mktemp("slurm"), extra_conf=[
         f"SlurmdTimeout={SLURMD_TIMEOUT}",
+        f"MessageTimeout={MESSAGE_TIMEOUT}",
         "JobRequeue=1",  # Slurm's default, stated: a batch job whose node fails is requeued (with --requeue)
     ]).start()
     yield cluster
@@ -49,7 +54,7 @@ def node_state(slurm, node: str) -> str:
 
 
 def test_node_loss_requeues_on_the_other_node_and_resumes(slurm, slurm_env, data, tmp_path):
-    iters, interval = 30, 5
+    iters, interval = 24, 10  # killed 2 iterations past the first save, 8 before a second one could land
     run = tmp_path / "run"
     # the one rank sleeps 0.3 s per step: the job is surely mid-run, a checkpoint behind, when its node dies
     env = dict(slurm_env, MEGATRON_LLM_TEST_SLOW_RANK="0:0.3")
