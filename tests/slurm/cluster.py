@@ -16,7 +16,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "scancel")
@@ -54,8 +54,10 @@ def _free_ports(n: int) -> List[int]:
 
 
 class LocalSlurmCluster:
-    def __init__(self, root: Path, nodes: int = 2, cpus_per_node: int = 4, partition: str = "debug") -> None:
+    def __init__(self, root: Path, nodes: int = 2, cpus_per_node: int = 4, partition: str = "debug",
+                 extra_conf: Sequence[str] = ()) -> None:
         self.root = Path(root)
+        self.extra_conf = list(extra_conf)  # slurm.conf lines a test adds (keys the default conf does not set)
         self.nodes = [f"n{i + 1}" for i in range(nodes)]
         self.cpus = cpus_per_node
         self.partition = partition
@@ -109,6 +111,7 @@ class LocalSlurmCluster:
             # a switch tree (topology.conf beside slurm.conf): one leaf switch per node under one spine
             "TopologyPlugin=topology/tree",
             f"JobCompLoc={r}/logs/jobcomp.txt",
+            *self.extra_conf,
             f"NodeName=n[1-{len(self.nodes)}] NodeHostname=localhost NodeAddr=127.0.0.1 Port={node_ports} "
             f"CPUs={self.cpus} State=UNKNOWN",
             f"PartitionName={self.partition} Nodes=n[1-{len(self.nodes)}] Default=YES MaxTime=INFINITE State=UP",
@@ -176,6 +179,62 @@ class LocalSlurmCluster:
             except FileNotFoundError:
                 pass
         return found
+
+    def job_processes(self, job_id: str) -> List[int]:
+        """PIDs of a job's processes on this machine: its slurmstepd (detached from slurmd, titled
+        `slurmstepd: [JOB.step]`), everything below them, and any process whose environment names the job (a rank
+        whose parent already died). For a one-node job these are exactly that node's job processes."""
+        parent: Dict[int, int] = {}
+        roots = set()
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            pid = int(d.name)
+            try:
+                state, ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                if state == "Z":
+                    continue  # dead already, waiting to be reaped
+                parent[pid] = int(ppid)
+                if (d / "cmdline").read_bytes().startswith(f"slurmstepd: [{job_id}.".encode()):
+                    roots.add(pid)
+                elif f"SLURM_JOB_ID={job_id}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                    roots.add(pid)
+            except (OSError, IndexError, ValueError):
+                pass  # gone meanwhile, or not ours to read
+        found, todo = set(), list(roots)
+        while todo:
+            pid = todo.pop()
+            if pid not in found:
+                found.add(pid)
+                todo += [c for c, pp in parent.items() if pp == pid]
+        return sorted(found)
+
+    def kill_node(self, node: str, job_id: str, timeout: float = 30.0) -> List[int]:
+        """What losing a node does to a one-node job: SIGKILL that node's slurmd and every process of the job
+        (by PID), then drop the step sockets the dead slurmstepd left in the node's spool directory. Returns the
+        job PIDs killed."""
+        d = self.procs[node]
+        os.killpg(d.pid, signal.SIGKILL)
+        d.wait()
+        killed: List[int] = []
+        deadline = time.monotonic() + timeout
+        while True:  # again until nothing is left: a process may fork while we kill
+            pids = [p for p in self.job_processes(job_id) if p != os.getpid()]
+            if not pids:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} processes {pids} survive SIGKILL")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+        for path in (self.root / "spool" / node).glob("*"):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
+        return sorted(set(killed))
 
     def stop(self, timeout: float = 90.0) -> None:
         # slurmstepd detaches from slurmd: end every job and wait for its steps before stopping the daemons, or
