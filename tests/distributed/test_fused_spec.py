@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainrun import check, losses, make_dataset, max_rel_diff, train
+from trainrun import check, losses, max_rel_diff, train
 
 ITERS = 20
 TOL = 1e-5
@@ -19,11 +19,6 @@ LAYOUTS = {
     "tp2-pp2-sequence-parallel": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
                                       "--sequence-parallel"]),
 }
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

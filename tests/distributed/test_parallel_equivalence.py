@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from trainrun import check, losses, make_dataset, max_rel_diff, train
+from trainrun import check, losses, max_rel_diff, train
 
 TOL = 1e-6
 ITERS = 6
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
 
 
 @pytest.fixture(scope="module")

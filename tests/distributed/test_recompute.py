@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainrun import check, losses, make_dataset, train
+from trainrun import check, losses, train
 
 ITERS = 4
 
@@ -16,11 +16,6 @@ VARIANTS = {
     "full-block-pp2": ["--recompute-granularity", "full", "--recompute-method", "block",
                        "--recompute-num-layers", "1"],
 }
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from megatron_llm.training.checkpointing import TRACKER, checkpoint_dir
-from trainrun import check, losses, make_dataset, max_rel_diff, train
+from trainrun import check, losses, max_rel_diff, train
 
 TOL = 1e-6
 TOTAL, STOP = 6, 3
@@ -27,11 +27,6 @@ PP2 = ["--pipeline-model-parallel-size", "2"]
 # param chunks), and TransNormerLLM with trainable LRPE angles (64 elements) in a layer of each stage.
 MODELS = {"llama": ["--num-layers", "2", "--ffn-hidden-size", "121"],
           "transnormer": ["--architecture", "transnormer", "--num-query-groups", "4", "--lrpe-layers", "0", "2"]}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
 
 
 def _straight_and_snapshot(dataset, base, nproc, flags):

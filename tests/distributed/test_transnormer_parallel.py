@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import pytest
 
-from trainrun import check, losses, make_dataset, max_rel_diff, train
+from trainrun import check, losses, max_rel_diff, train
 
 TOL = 1e-6
 ITERS = 6
 # 4 layers, 4 heads of 16 (no grouped KV), LRPE in layers 0 and 2 (one on each pipeline stage).
 TRANSNORMER = ["--architecture", "transnormer", "--num-query-groups", "4", "--lrpe-layers", "0", "2",
                "--no-untie-embeddings-and-output-weights"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
 
 
 @pytest.fixture(scope="module")
