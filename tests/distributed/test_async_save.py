@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
-import pytest
-
-from trainrun import check, losses, make_dataset, train
+from trainrun import check, losses, train
 
 ITERS = 6
 
@@ -17,15 +15,10 @@ def _saved(ckpt):
     return sorted(int(n[5:]) for n in os.listdir(ckpt) if n.startswith("iter_"))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
-
-
-def test_async_save_keep_last_and_resume(data, tmp_path):
+def test_async_save_keep_last_and_resume(dataset, tmp_path):
     ckpt = tmp_path / "ckpt"
     run = tmp_path / "run"
-    proc = train(run, data, 2, ["--save", str(ckpt), "--save-interval", "2", "--async-save", "--keep-last", "2"],
+    proc = train(run, dataset, 2, ["--save", str(ckpt), "--save-interval", "2", "--async-save", "--keep-last", "2"],
                  iters=ITERS, gbs=4, mbs=2)
     check(proc)
     assert _saved(ckpt) == [4, 6]  # 2 was deleted once 6 was durable
@@ -38,18 +31,18 @@ def test_async_save_keep_last_and_resume(data, tmp_path):
     shutil.rmtree(snap / "iter_0000006")
     (snap / "latest_checkpointed_iteration.txt").write_text("4\n")
     resumed = tmp_path / "resumed"
-    proc = train(resumed, data, 2, ["--load", str(snap)], iters=ITERS, gbs=4, mbs=2)
+    proc = train(resumed, dataset, 2, ["--load", str(snap)], iters=ITERS, gbs=4, mbs=2)
     check(proc)
     got = losses(resumed)
     assert sorted(got) == [5, 6]
     assert got == {k: straight[k] for k in (5, 6)}
 
 
-def test_save_interval_minutes(data, tmp_path):
+def test_save_interval_minutes(dataset, tmp_path):
     ckpt = tmp_path / "ckpt"
     # 0.0001 minutes: due at every log boundary (2, 4, 6); without it only the final save (6) would happen
-    proc = train(tmp_path, data, 1, ["--save", str(ckpt), "--save-interval-minutes", "0.0001", "--log-interval", "2"],
-                 iters=ITERS, gbs=4, mbs=2)
+    flags = ["--save", str(ckpt), "--save-interval-minutes", "0.0001", "--log-interval", "2"]
+    proc = train(tmp_path, dataset, 1, flags, iters=ITERS, gbs=4, mbs=2)
     check(proc)
     assert _saved(ckpt) == [2, 4, 6]
     rec = [r for r in losses(tmp_path)]
@@ -63,16 +56,17 @@ def _samples(prefix_dir):
     return out
 
 
-def test_exactly_once_samples_across_restart_and_dp_change(data, tmp_path):
+def test_exactly_once_samples_across_restart_and_dp_change(dataset, tmp_path):
     """Stopped at iteration 3 at DP2 and resumed at DP1: the samples trained on are those of an uninterrupted run,
     each once (MEGATRON_LLM_TEST_SAMPLE_LOG records position and token checksum of every sample drawn)."""
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref.mkdir(), run.mkdir()
-    check(train(ref, data, 1, [], iters=ITERS, gbs=4, mbs=2, env={"MEGATRON_LLM_TEST_SAMPLE_LOG": str(ref / "samples")}))
+    check(train(ref, dataset, 1, [], iters=ITERS, gbs=4, mbs=2,
+                env={"MEGATRON_LLM_TEST_SAMPLE_LOG": str(ref / "samples")}))
     ckpt = str(run / "ckpt")
     env = {"MEGATRON_LLM_TEST_SAMPLE_LOG": str(run / "samples")}
-    check(train(run, data, 2, ["--save", ckpt, "--exit-interval", "3"], iters=ITERS, gbs=4, mbs=2, env=env))
-    check(train(run, data, 1, ["--load", ckpt], iters=ITERS, gbs=4, mbs=2, env=env))
+    check(train(run, dataset, 2, ["--save", ckpt, "--exit-interval", "3"], iters=ITERS, gbs=4, mbs=2, env=env))
+    check(train(run, dataset, 1, ["--load", ckpt], iters=ITERS, gbs=4, mbs=2, env=env))
     expected = sorted(_samples(ref))
     got = sorted(_samples(run))
     assert [p for p, _ in expected] == list(range(ITERS * 4))

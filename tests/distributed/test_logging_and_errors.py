@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from trainrun import MODEL, VOCAB, check, losses, make_dataset, signal_after, train
+from trainrun import MODEL, VOCAB, check, losses, signal_after, train
 
 JSONL_KEYS = {"iteration", "lm_loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "flops_per_iteration",
               "tflops", "mfu", "mem_gb"}
@@ -18,14 +18,9 @@ TB_TAGS = {"lm loss", "validation loss", "learning-rate", "grad-norm", "loss-sca
            "throughput/tflops-per-gpu", "memory/max-allocated-gb"}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
-
-
-def test_metrics_and_tensorboard(data, tmp_path):
+def test_metrics_and_tensorboard(dataset, tmp_path):
     t0 = time.monotonic()
-    proc = train(tmp_path, data, 2, ["--pipeline-model-parallel-size", "2", "--eval-interval", "2",
+    proc = train(tmp_path, dataset, 2, ["--pipeline-model-parallel-size", "2", "--eval-interval", "2",
                                      "--eval-iters", "1"], iters=4)
     wall = time.monotonic() - t0
     check(proc)
@@ -83,10 +78,10 @@ BAD = [
 
 
 @pytest.mark.parametrize("flags,named", BAD, ids=[n for _, n in BAD])
-def test_impossible_configuration_fails_fast(flags, named, data):
+def test_impossible_configuration_fails_fast(flags, named, dataset):
     """Refused by the launcher itself (exit 2, no rank started), with the offending flag in the message."""
     base = ["--device", "cpu", *MODEL, "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
-            "--data-path", data, "--train-iters", "1"]
+            "--data-path", dataset, "--train-iters", "1"]
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "megatron_llm.cli", "train", *base, *flags],
                           capture_output=True, text=True, timeout=60)
@@ -96,30 +91,30 @@ def test_impossible_configuration_fails_fast(flags, named, data):
     assert time.monotonic() - t0 < 30  # no worker spawned, no collective waited on
 
 
-def test_truncated_dataset_is_refused_before_training(data, tmp_path):
+def test_truncated_dataset_is_refused_before_training(dataset, tmp_path):
     import shutil
 
     prefix = str(tmp_path / "cut")
-    shutil.copy(data + ".idx", prefix + ".idx")
-    with open(data + ".bin", "rb") as src, open(prefix + ".bin", "wb") as dst:
+    shutil.copy(dataset + ".idx", prefix + ".idx")
+    with open(dataset + ".bin", "rb") as src, open(prefix + ".bin", "wb") as dst:
         dst.write(src.read()[:-100])
     proc = train(tmp_path, prefix, 1, [], iters=1)
     assert proc.returncode == 2 and "--data-path" in proc.stderr and "cut.bin" in proc.stderr, proc.stderr
 
 
-def test_vocab_smaller_than_tokenizer_is_refused(data, tmp_path):
-    proc = train(tmp_path, data, 1, ["--tokenizer-type", "ByteTokenizer", "--vocab-size", "128"], iters=1)
+def test_vocab_smaller_than_tokenizer_is_refused(dataset, tmp_path):
+    proc = train(tmp_path, dataset, 1, ["--tokenizer-type", "ByteTokenizer", "--vocab-size", "128"], iters=1)
     assert proc.returncode != 0 and "--vocab-size 128" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_sigusr1_saves_and_exits_for_requeue(data, tmp_path):
+def test_sigusr1_saves_and_exits_for_requeue(dataset, tmp_path):
     """SIGUSR1 to the launcher reaches every rank; they agree on an iteration, save it, and exit 75."""
     from megatron_llm.exit_codes import EXIT_CODE_REQUEUE
 
     ckpt = tmp_path / "ckpt"
     args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", "cpu", "--nproc-per-node", "2",
             "--pipeline-model-parallel-size", "2", *MODEL, "--tokenizer-type", "NullTokenizer", "--vocab-size",
-            str(VOCAB), "--data-path", data, "--train-iters", "3000", "--eval-interval", "0",
+            str(VOCAB), "--data-path", dataset, "--train-iters", "3000", "--eval-interval", "0",
             "--micro-batch-size", "2", "--global-batch-size", "4", "--save", str(ckpt),
             "--tensorboard-dir", str(tmp_path / "tb")]
     returncode, out = signal_after(args, tmp_path, 3, signal.SIGUSR1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainrun import check, losses, make_dataset, max_rel_diff, train
+from trainrun import check, losses, max_rel_diff, train
 
 TOL = 1e-6  # what layouts otherwise agree within (test_parallel_equivalence.py)
 ITERS = 3
@@ -37,20 +37,15 @@ def test_mask_padded_logits_on_every_shard():
     assert torch.allclose(torch.softmax(expected, -1)[..., :vocab], torch.softmax(full[..., :vocab], -1))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
-
-
 @pytest.mark.parametrize("vocab", [32000, 64798, 105789])
-def test_tp1_tp2_tp4_resume_matches_uninterrupted(vocab, data, tmp_path):
+def test_tp1_tp2_tp4_resume_matches_uninterrupted(vocab, dataset, tmp_path):
     v = ["--vocab-size", str(vocab), "--num-query-groups", "4"]  # 4 KV heads: TP4 divides them
-    check(train(tmp_path / "straight", data, 1, v, iters=ITERS, gbs=4))
+    check(train(tmp_path / "straight", dataset, 1, v, iters=ITERS, gbs=4))
     ckpt = str(tmp_path / "ckpt")
     chained = tmp_path / "chained"
     for it, tp in enumerate((1, 2, 4), start=1):
         load = ["--load", ckpt] if it > 1 else []
-        proc = train(chained, data, tp, v + ["--tensor-model-parallel-size", str(tp), "--save", ckpt,
+        proc = train(chained, dataset, tp, v + ["--tensor-model-parallel-size", str(tp), "--save", ckpt,
                                             "--exit-interval", str(it)] + load, iters=ITERS, gbs=4)
         check(proc)
     straight, got = losses(tmp_path / "straight"), losses(chained)
