@@ -41,14 +41,20 @@ def predicted_gb(mbs: int, recompute: str, gpu_name: str) -> float:
     return predict(pb, Layout(1, 1, 1, mbs, recompute=recompute)).memory.total_gb
 
 
+def train_args(tb: str, mbs: int, recompute: str) -> List[str]:
+    """The `megatron-llm train` command line measured for one row (tests validate it on CPU)."""
+    args = ["train", "--device", "cuda", "--nproc-per-node", "1", "--recipe", "tinyllama-1.1b", "--mock-data",
+            "--tokenizer-type", "NullTokenizer", "--bf16", "--eval-interval", "0", "--lr-warmup-iters", "0",
+            "--micro-batch-size", str(mbs), "--global-batch-size", str(2 * mbs), "--train-iters", "2",
+            "--tensorboard-dir", tb]
+    if recompute == "full":
+        args += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    return args
+
+
 def measured_gb(out: str, mbs: int, recompute: str) -> float:
     tb = os.path.join(out, f"mbs{mbs}-{recompute}")
-    cmd = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", "cuda", "--nproc-per-node", "1",
-           "--recipe", "tinyllama-1.1b", "--mock-data", "--tokenizer-type", "NullTokenizer", "--bf16",
-           "--eval-interval", "0", "--lr-warmup-iters", "0", "--micro-batch-size", str(mbs),
-           "--global-batch-size", str(2 * mbs), "--train-iters", "2", "--tensorboard-dir", tb]
-    if recompute == "full":
-        cmd += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    cmd = [sys.executable, "-m", "megatron_llm.cli", *train_args(tb, mbs, recompute)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), ROOT])))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if p.returncode != 0:
@@ -70,11 +76,15 @@ def run(out: str, sizes: List[int]) -> List[dict]:
     return rows
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/planner_memory")
     p.add_argument("--micro-batch-sizes", type=int, nargs="+", default=[1, 2, 4])
-    a = p.parse_args()
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     rows = run(a.out, a.micro_batch_sizes)
     print("| MBS | recompute | measured peak GiB | planner GiB | error |\n|---|---|---|---|---|")
     for r in rows:

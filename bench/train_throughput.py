@@ -71,20 +71,27 @@ def figures(model: ModelConfig, seq: int, mbs: int, step_times: List[float], mem
     return row
 
 
+def megatron_train_args(stack: str, tiny: bool, device: str, mbs: int, iters: int, warmup: int,
+                        tb_dir: str) -> List[str]:
+    """The `megatron-llm train` command line of one megatron stack (tests validate it on CPU)."""
+    model, seq = model_shape(tiny)
+    shape = (["--num-layers", str(model.num_layers), "--hidden-size", str(model.hidden_size),
+              "--num-attention-heads", str(model.num_attention_heads),
+              "--num-query-groups", str(model.num_query_groups), "--ffn-hidden-size", str(model.ffn_hidden_size),
+              "--vocab-size", str(model.vocab_size), "--max-position-embeddings", str(seq),
+              "--seq-length", str(seq)] if tiny else ["--recipe", "tinyllama-1.1b", "--bf16"])
+    return ["train", "--device", device, "--nproc-per-node", "1", *shape, "--mock-data", "--tokenizer-type",
+            "NullTokenizer", "--eval-interval", "0", "--lr-warmup-iters", "0", "--micro-batch-size", str(mbs),
+            "--global-batch-size", str(mbs), "--train-iters", str(warmup + iters), "--tensorboard-dir", tb_dir,
+            *MEGATRON_FLAGS[stack]]
+
+
 def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warmup: int,
                  timeout: int) -> Dict[str, Any]:
     model, seq = model_shape(tiny)
     with tempfile.TemporaryDirectory(prefix=f"bench-{stack}-") as tmp:
-        shape = (["--num-layers", str(model.num_layers), "--hidden-size", str(model.hidden_size),
-                  "--num-attention-heads", str(model.num_attention_heads),
-                  "--num-query-groups", str(model.num_query_groups), "--ffn-hidden-size", str(model.ffn_hidden_size),
-                  "--vocab-size", str(model.vocab_size), "--max-position-embeddings", str(seq),
-                  "--seq-length", str(seq)] if tiny else ["--recipe", "tinyllama-1.1b", "--bf16"])
-        args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", device, "--nproc-per-node", "1",
-                *shape, "--mock-data", "--tokenizer-type", "NullTokenizer", "--eval-interval", "0",
-                "--lr-warmup-iters", "0", "--micro-batch-size", str(mbs), "--global-batch-size", str(mbs),
-                "--train-iters", str(warmup + iters), "--tensorboard-dir", os.path.join(tmp, "tb"),
-                *MEGATRON_FLAGS[stack]]
+        args = [sys.executable, "-m", "megatron_llm.cli",
+                *megatron_train_args(stack, tiny, device, mbs, iters, warmup, os.path.join(tmp, "tb"))]
         env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         try:
             proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
@@ -296,7 +303,7 @@ def format_report(meta: Dict[str, Any], stacks: Dict[str, Dict[str, Any]], ops_r
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape, fp32, no torch.compile")
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None)
@@ -309,6 +316,11 @@ def main(argv=None) -> int:
                     help="torch.compile baselines (HF compiled, compiled ops); default on except --tiny")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per megatron stack")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
     a = ap.parse_args(argv)
 
     import torch

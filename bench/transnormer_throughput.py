@@ -17,22 +17,27 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import List
 
 SHAPE = ["--num-layers", "24", "--hidden-size", "1024", "--num-attention-heads", "8", "--ffn-hidden-size", "2816",
          "--vocab-size", "64000", "--no-untie-embeddings-and-output-weights"]
 TOKENS_PER_ITER = 32768
 
 
+def train_args(arch: str, seq: int, iters: int, device: str, tokens_per_iter: int, tb: str) -> List[str]:
+    """The `megatron-llm train` command line of one row (tests validate it on CPU)."""
+    mbs = max(1, tokens_per_iter // seq)
+    args = ["train", "--device", device, "--nproc-per-node", "1", *SHAPE, "--architecture", arch, "--mock-data",
+            "--tokenizer-type", "NullTokenizer", "--seq-length", str(seq), "--max-position-embeddings", str(seq),
+            "--micro-batch-size", str(mbs), "--global-batch-size", str(mbs), "--train-iters", str(iters),
+            "--eval-interval", "0", "--lr-warmup-iters", "0", "--tensorboard-dir", tb]
+    return args + (["--bf16"] if device == "cuda" else [])
+
+
 def run(arch: str, seq: int, iters: int, device: str, tokens_per_iter: int = TOKENS_PER_ITER) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"tn-bench-{arch}-{seq}-"))
-    mbs = max(1, tokens_per_iter // seq)
-    args = [sys.executable, "-m", "megatron_llm.cli", "train", "--device", device, "--nproc-per-node", "1",
-            *SHAPE, "--architecture", arch, "--mock-data", "--tokenizer-type", "NullTokenizer",
-            "--seq-length", str(seq), "--max-position-embeddings", str(seq), "--micro-batch-size", str(mbs),
-            "--global-batch-size", str(mbs), "--train-iters", str(iters), "--eval-interval", "0",
-            "--lr-warmup-iters", "0", "--tensorboard-dir", str(out / "tb")]
-    if device == "cuda":
-        args.append("--bf16")
+    args = [sys.executable, "-m", "megatron_llm.cli", *train_args(arch, seq, iters, device, tokens_per_iter,
+                                                                  str(out / "tb"))]
     proc = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
     if proc.returncode != 0:
         if "out of memory" in proc.stderr.lower():
@@ -45,14 +50,18 @@ def run(arch: str, seq: int, iters: int, device: str, tokens_per_iter: int = TOK
             "mem_gb": max(r.get("mem_gb") or 0 for r in recs)}
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, nargs="+", default=[2048, 8192, 32768])
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--tokens-per-iter", type=int, default=TOKENS_PER_ITER)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     lines = ["| seq | Llama (softmax) tokens/s | TransNormer (lightning) tokens/s | ratio | memory GB (L / T) |",
              "|---|---|---|---|---|"]
     for seq in a.seqs:

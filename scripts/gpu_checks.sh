@@ -10,7 +10,8 @@
 #   (f) planner memory model vs measured peak memory, plan --calibrate, topo (issue 14)
 #   (g) lightning attention bf16 vs reference, TransNormer vs Llama tokens/s by sequence length (issue 16)
 # A 10-minute call reaches (f)/(g) only when the earlier steps are quick: run them in a second call with STEPS=fg
-# (STEPS lists the step letters to run; default all).
+# (STEPS lists the step letters to run; default all). DRY_RUN=1 runs nothing: each step's command line goes to
+# $OUT/commands.txt (name, tab, the command shell-quoted), which tests/unit/test_gpu_checks_commands.py checks on CPU.
 #
 # Expects megatron-core importable. On the lent device (torch present, megatron-core not): download the cp312 wheel
 # here into the git-ignored .whl/ (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -24,14 +25,19 @@ BUDGET_S=${BUDGET_S:-560}  # leave the device call's own limit (600 s) some slac
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 START=$(date +%s)
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+DRY=${DRY_RUN:+1}
+if [[ -n $DRY ]]; then : > "$OUT/commands.txt"; fi
+if [[ -z $DRY ]]; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+fi
 
 # step NAME MAX_SECONDS CMD...: runs CMD with its output in $OUT/NAME.log, limited to MAX_SECONDS and to what is
 # left of BUDGET_S; skipped (and said so) when under 20 s of the budget are left. Records NAME: rc and seconds in summary.txt.
 step() {
   local name=$1 max=$2; shift 2
   if [[ -n "${STEPS:-}" && "$STEPS" != *"${name:0:1}"* ]]; then return; fi  # STEPS=fg: only those steps
+  if [[ -n $DRY ]]; then printf '%s\t%s\n' "$name" "$(printf '%q ' "$@")" >> "$OUT/commands.txt"; return; fi
   local left=$(( BUDGET_S - ($(date +%s) - START) ))
   local limit=$(( max < left ? max : left ))
   if (( left < 20 )); then
@@ -52,7 +58,7 @@ if [[ -n "$OP_TESTS" ]]; then
 else
   echo "a_ops: no tests/gpu/test_ops*.py in this checkout" | tee -a "$OUT/summary.txt"
 fi
-python -m megatron_llm.cli ops > "$OUT/a_ops_status.txt" 2>&1 || true
+[[ -n $DRY ]] || python -m megatron_llm.cli ops > "$OUT/a_ops_status.txt" 2>&1 || true
 
 # (b) fused vs local, 20 bf16 iterations on the 1.1B layer shape (4 layers to keep it short), same mock data
 SHAPE=(--recipe tinyllama-1.1b --num-layers 4 --mock-data --tokenizer-type NullTokenizer --bf16 --eval-interval 0
@@ -93,11 +99,11 @@ step e_bench_compiled 200 python bench/train_throughput.py --stacks hf-compiled 
 # recompute, within 10%), plan --calibrate on this GPU, and this machine's topology as a fixture candidate
 step f_planner_memory 240 python bench/planner_memory_gpu.py --out "$OUT/planner_memory"
 step f_calibrate 60 env MEGATRON_LLM_HOME="$OUT" python -m megatron_llm.cli plan --calibrate
-nvidia-smi topo -m > "$OUT/nvidia_smi_topo.txt" 2>&1
+[[ -n $DRY ]] || nvidia-smi topo -m > "$OUT/nvidia_smi_topo.txt" 2>&1
 step f_topo 30 sh -c "python -m megatron_llm.cli topo && python -m megatron_llm.cli topo --json > '$OUT/topo.json'"
 
 # (g) issue 16: lightning attention in bf16 vs the reference; TransNormer vs Llama tokens/s at seq 2k/8k/32k
 step g_linear_attention 90 python -m pytest -q -p no:cacheprovider tests/gpu/test_linear_attention_gpu.py
 step g_transnormer_bench 240 python bench/transnormer_throughput.py --iters 6 --out "$OUT/transnormer_throughput.md"
 
-echo "total $(( $(date +%s) - START ))s" | tee -a "$OUT/summary.txt"
+[[ -n $DRY ]] || echo "total $(( $(date +%s) - START ))s" | tee -a "$OUT/summary.txt"
