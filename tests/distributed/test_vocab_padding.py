@@ -12,7 +12,6 @@ TOL = 1e-6  # what layouts otherwise agree within (test_parallel_equivalence.py)
 ITERS = 3
 
 
-
 def test_padded_vocab_size_follows_megatron_lm():
     from megatron_llm.models.llama import padded_vocab_size
 
