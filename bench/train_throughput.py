@@ -57,14 +57,14 @@ def model_shape(tiny: bool) -> tuple:
     return cfg.model, cfg.data.seq_length
 
 
-def figures(model: ModelConfig, seq: int, mbs: int, step_times: List[float], mem_gb: Optional[float],
+def figures(model: ModelConfig, seq: int, gbs: int, step_times: List[float], mem_gb: Optional[float],
             peak: Optional[float]) -> Dict[str, Any]:
-    """Throughput figures of one stack from its measured step times (one micro-batch of `mbs` sequences each)."""
+    """Throughput figures of one stack from its measured step times (`gbs` sequences per optimizer step)."""
     t = sum(step_times) / len(step_times)
-    tokens = mbs * seq
+    tokens = gbs * seq
     row = {"step_time_s": t, "tokens_per_s": tokens / t, "mem_gb": mem_gb, "iterations": len(step_times)}
     for att in flops_mod.ATTENTION_CHOICES:
-        f = flops_mod.flops_per_iteration(model, seq, model.vocab_size, mbs, attention=att)
+        f = flops_mod.flops_per_iteration(model, seq, model.vocab_size, gbs, attention=att)
         tflops = f / t / 1e12
         row[f"tflops_{att}"] = tflops
         row[f"mfu_{att}"] = tflops / peak if peak else None
@@ -72,7 +72,7 @@ def figures(model: ModelConfig, seq: int, mbs: int, step_times: List[float], mem
 
 
 def megatron_train_args(stack: str, tiny: bool, device: str, mbs: int, iters: int, warmup: int,
-                        tb_dir: str) -> List[str]:
+                        tb_dir: str, micro_batches: int = 1) -> List[str]:
     """The `megatron-llm train` command line of one megatron stack (tests validate it on CPU)."""
     model, seq = model_shape(tiny)
     shape = (["--num-layers", str(model.num_layers), "--hidden-size", str(model.hidden_size),
@@ -82,16 +82,17 @@ def megatron_train_args(stack: str, tiny: bool, device: str, mbs: int, iters: in
               "--seq-length", str(seq)] if tiny else ["--recipe", "tinyllama-1.1b", "--bf16"])
     return ["train", "--device", device, "--nproc-per-node", "1", *shape, "--mock-data", "--tokenizer-type",
             "NullTokenizer", "--eval-interval", "0", "--lr-warmup-iters", "0", "--micro-batch-size", str(mbs),
-            "--global-batch-size", str(mbs), "--train-iters", str(warmup + iters), "--tensorboard-dir", tb_dir,
+            "--global-batch-size", str(mbs * micro_batches), "--train-iters", str(warmup + iters), "--tensorboard-dir", tb_dir,
             *MEGATRON_FLAGS[stack]]
 
 
 def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warmup: int,
-                 timeout: int) -> Dict[str, Any]:
+                 timeout: int, micro_batches: int = 1) -> Dict[str, Any]:
     model, seq = model_shape(tiny)
     with tempfile.TemporaryDirectory(prefix=f"bench-{stack}-") as tmp:
         args = [sys.executable, "-m", "megatron_llm.cli",
-                *megatron_train_args(stack, tiny, device, mbs, iters, warmup, os.path.join(tmp, "tb"))]
+                *megatron_train_args(stack, tiny, device, mbs, iters, warmup, os.path.join(tmp, "tb"),
+                                     micro_batches)]
         env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         try:
             proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
@@ -110,7 +111,7 @@ def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warm
     if mfu and tflops:
         peak = tflops / mfu  # the trainer's own peak for this device and dtype
     mem = max((r.get("mem_gb") or 0.0) for r in measured) if device == "cuda" else None
-    row = figures(model, seq, mbs, [r["iteration_time_s"] for r in measured], mem, peak)
+    row = figures(model, seq, mbs * micro_batches, [r["iteration_time_s"] for r in measured], mem, peak)
     # cross-check: the trainer's own per-iteration tokens/s, combined over the same iterations (harmonic mean:
     # total tokens over total time)
     row["trainer_tokens_per_s"] = len(measured) / sum(1.0 / r["tokens_per_s"] for r in measured)
@@ -118,7 +119,7 @@ def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warm
 
 
 def run_hf(compiled: bool, tiny: bool, device: str, mbs: int, iters: int, warmup: int,
-           peak: Optional[float]) -> Dict[str, Any]:
+           peak: Optional[float], micro_batches: int = 1) -> Dict[str, Any]:
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -149,9 +150,10 @@ def run_hf(compiled: bool, tiny: bool, device: str, mbs: int, iters: int, warmup
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with autocast:
-                loss = step_model(input_ids=ids, labels=ids).loss
-            loss.backward()
+            for _ in range(micro_batches):  # gradient accumulation, as the trainer does for --global-batch-size
+                with autocast:
+                    loss = step_model(input_ids=ids, labels=ids).loss / micro_batches
+                loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             if device == "cuda":
@@ -166,7 +168,7 @@ def run_hf(compiled: bool, tiny: bool, device: str, mbs: int, iters: int, warmup
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-    return figures(model_cfg, seq, mbs, times, mem, peak)
+    return figures(model_cfg, seq, mbs * micro_batches, times, mem, peak)
 
 
 # ---- per-op microbenchmarks --------------------------------------------------------------------------------------
@@ -279,7 +281,8 @@ def _pct(v):
 def format_report(meta: Dict[str, Any], stacks: Dict[str, Dict[str, Any]], ops_rows: List[Dict[str, Any]]) -> str:
     lines = [f"device: {meta['device_name']}; dense peak {meta['peak_tflops'] or 'n/a'} TFLOP/s "
              f"({meta['dtype']}); HBM {meta['hbm_gbps'] or 'n/a'} GB/s",
-             f"shape: {meta['shape']}; seq {meta['seq_length']}, micro-batch {meta['micro_batch_size']}, "
+             f"shape: {meta['shape']}; seq {meta['seq_length']}, micro-batch {meta['micro_batch_size']} x "
+             f"{meta.get('micro_batches', 1)} per optimizer step, "
              f"{meta['iterations']} measured iterations after {meta['warmup']} warm-up",
              "MFU (full): full s x s attention counted (Megatron-LM paper); MFU (causal): attention halved",
              "", "| stack | tokens/s | TFLOP/s (full) | MFU (full) | MFU (causal) | peak memory GB |",
@@ -308,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shape, fp32, no torch.compile")
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None)
     ap.add_argument("--micro-batch-size", type=int, default=None, help="default 4 (1.1B), 2 (--tiny)")
+    ap.add_argument("--micro-batches", type=int, default=1,
+                    help="micro-batches per optimizer step (gradient accumulation; the global batch is "
+                         "micro-batch size x this): more amortise the optimizer step, as a real run does")
     ap.add_argument("--iters", type=int, default=None, help="measured iterations (default 10; --tiny 2)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 3; --tiny 1)")
     ap.add_argument("--stacks", default=",".join(STACKS), help=f"comma-separated subset of {','.join(STACKS)}")
@@ -333,6 +339,8 @@ def main(argv=None) -> int:
     iters = a.iters or (2 if a.tiny else 10)
     warmup = a.warmup if a.warmup is not None else (1 if a.tiny else 3)
     compile_ = a.compile if a.compile is not None else not a.tiny
+    if a.micro_batches < 1:
+        ap.error(f"--micro-batches {a.micro_batches}: must be >= 1")
     stacks = [s for s in a.stacks.split(",") if s]
     for s in stacks:
         if s not in STACKS:
@@ -345,15 +353,15 @@ def main(argv=None) -> int:
     model, seq = model_shape(a.tiny)
     meta = {"device_name": name, "peak_tflops": peak, "dtype": dtype, "hbm_gbps": hbm_gbps(name) if device == "cuda"
             else None, "shape": "tiny" if a.tiny else "tinyllama-1.1b", "seq_length": seq, "micro_batch_size": mbs,
-            "iterations": iters, "warmup": warmup, "command": " ".join([os.path.basename(sys.argv[0])] + (argv or
+            "micro_batches": a.micro_batches, "iterations": iters, "warmup": warmup, "command": " ".join([os.path.basename(sys.argv[0])] + (argv or
                                                                                                   sys.argv[1:]))}
     results: Dict[str, Dict[str, Any]] = {}
     for s in stacks:
         print(f"== {s}", file=sys.stderr, flush=True)
         if s in MEGATRON_FLAGS:
-            results[s] = run_megatron(s, a.tiny, device, mbs, iters, warmup, a.timeout)
+            results[s] = run_megatron(s, a.tiny, device, mbs, iters, warmup, a.timeout, a.micro_batches)
         else:
-            results[s] = run_hf(s == "hf-compiled", a.tiny, device, mbs, iters, warmup, peak)
+            results[s] = run_hf(s == "hf-compiled", a.tiny, device, mbs, iters, warmup, peak, a.micro_batches)
     ops_rows = run_op_benchmarks(a.tiny, device, compile_, reps=3 if a.tiny else 10) if a.ops else []
     report = format_report(meta, results, ops_rows)
     print(report, flush=True)

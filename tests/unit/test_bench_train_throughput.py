@@ -14,7 +14,8 @@ STACKS = "local,fused,hf-eager"
 def test_tiny_bench_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--tiny", "--stacks", STACKS,
-                           "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+                           "--micro-batches", "2", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     meta = res["meta"]
@@ -22,7 +23,8 @@ def test_tiny_bench_runs_and_reports(tmp_path):
     # L=2, h=64, kv=2 groups x 16 = 32, f=128, s=64, V=512
     L, h, kv, f, s, V = 2, 64, 32, 128, 64, 512
     per_token = 3 * (L * (2 * h * (h + 2 * kv) + 2 * h * h + 6 * h * f + 4 * s * h) + 2 * h * V)
-    tokens = meta["micro_batch_size"] * meta["seq_length"]
+    assert meta["micro_batches"] == 2  # two micro-batches per optimizer step: twice the tokens per step
+    tokens = 2 * meta["micro_batch_size"] * meta["seq_length"]
     for name in STACKS.split(","):
         row = res["stacks"][name]
         assert "error" not in row, (name, row)
