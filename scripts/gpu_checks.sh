@@ -6,7 +6,8 @@
 #   (b) 20 training iterations, fused spec vs local spec, same data: losses within bf16 tolerance
 #   (c) the 1.1B benchmark: fused, megatron-core local, HF eager (bench/train_throughput.py)
 #   (d) the CUDA training and profiler tests (tests/gpu, except the op tests of (a))
-#   (e) if time is left: HF compiled baseline and the per-op microbenchmarks (ours / eager / torch.compile)
+#   (e) if time is left: (c) at 8 micro-batches per step, HF compiled baseline, per-op microbenchmarks (ours / eager /
+#       torch.compile)
 #   (f) planner memory model vs measured peak memory, plan --calibrate, topo (issue 14)
 #   (g) lightning attention bf16 vs reference, TransNormer vs Llama tokens/s by sequence length (issue 16)
 # A 10-minute call reaches (f)/(g) only when the earlier steps are quick: run them in a second call with STEPS=fg
@@ -91,7 +92,10 @@ step c_bench 240 python bench/train_throughput.py --stacks fused,local,hf-eager 
 GPU_TESTS=$(ls tests/gpu/test_*.py | grep -v -e '/test_ops' -e '/test_linear_attention')
 step d_gpu_tests 120 python -m pytest -q -p no:cacheprovider $GPU_TESTS
 
-# (e) compiled baseline + op microbenchmarks
+# (e) the same with 8 micro-batches per optimizer step (a real run's gradient accumulation amortises the
+# optimizer), then the compiled baseline + op microbenchmarks
+step e_bench_accum 150 python bench/train_throughput.py --stacks fused,hf-eager --micro-batches 8 --no-ops \
+  --no-compile --json "$OUT/e_bench_accum.json"
 step e_bench_compiled 200 python bench/train_throughput.py --stacks hf-compiled --ops --compile \
   --json "$OUT/e_bench.json"
 
