@@ -21,19 +21,37 @@ def smollm2_gguf() -> Path:
 
 def save_smollm2(dst: Path) -> Path:
     """SmolLM2-135M-Instruct as a fp32 HF directory (safetensors + tokenizer). transformers dequantizes the GGUF
-    but refuses to save a quantized model: rebuild it from its config and load the dequantized weights."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    but refuses to save a quantized model: rebuild it from its config and load the dequantized weights.
 
-    gguf = smollm2_gguf()
-    q = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    Same result, less time (the GGUF step is most of this test's set-up): transformers parses the GGUF file once
+    for the config, once for the weights and again for the tokenizer, and builds gguf's tensor-name map once per
+    submodule; here one parsed reader and one name map per (arch, layers) serve every call (both are read-only
+    once built). The rebuilt model skips its random initialisation, every tensor being overwritten by the load
+    (strict: nothing left uninitialised)."""
+    import functools
+    from unittest import mock
+
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
+
+    gguf_path = smollm2_gguf()
+    with mock.patch.object(gguf, "GGUFReader", functools.lru_cache(maxsize=None)(gguf.GGUFReader)), \
+            mock.patch.object(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)):
+        q = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     cfg = q.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.load_state_dict(q.state_dict(), strict=False)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    state = q.state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # tied embeddings: lm_head.weight is the embedding, which the state dict carries
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     model.tie_weights()
     model.save_pretrained(dst)
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
     return dst
 
 

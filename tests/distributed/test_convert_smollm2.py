@@ -9,16 +9,16 @@ import json
 import pytest
 import torch
 
-from hf_reference import kjv_text, layout_logits, run_cli, safetensors_dir, save_smollm2
+from hf_reference import kjv_text, layout_logits, run_cli, safetensors_dir
 
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(smollm2_hf, tmp_path_factory):
     root = tmp_path_factory.mktemp("smollm2")
-    hf = save_smollm2(root / "hf")
+    hf = smollm2_hf  # conftest.py: dequantised from the GGUF once per session
     out = run_cli("convert", "--from", "hf", "--to", "megatron", str(hf), str(root / "mg"),
                   "--tensor-model-parallel-size", "3", "--pipeline-model-parallel-size", "2")
     return root, hf, root / "mg", out

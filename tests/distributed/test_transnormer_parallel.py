@@ -5,6 +5,8 @@ Same method and tolerance as test_parallel_equivalence.py (Llama): fp32 losses p
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from trainrun import check, losses, max_rel_diff, train
@@ -30,7 +32,7 @@ LAYOUTS = {
     "tp2-sequence-parallel": (2, ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
     "pp2-vp2": (2, ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"]),
     "dp2-distributed-optimizer": (2, ["--use-distributed-optimizer"]),
-    "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+    # tp2-pp2: test_tp2_pp2_matches_single_rank_then_resumes_at_tp1 below (the same run also saves)
 }
 
 
@@ -42,14 +44,24 @@ def test_layout_matches_single_rank(name, dataset, baseline, tmp_path):
     assert max_rel_diff(got, baseline) <= TOL, (name, got, baseline)
 
 
-def test_save_at_tp2_pp2_resume_at_tp1(dataset, baseline, tmp_path):
-    """Stopped after 3 iterations at TP2 x PP2, resumed on one process: iterations 4..6 continue the same run
-    (tied embeddings, LRPE angles on both stages: the preset's configuration)."""
-    ckpt = str(tmp_path / "ckpt")
+def test_tp2_pp2_matches_single_rank_then_resumes_at_tp1(dataset, baseline, tmp_path):
+    """TP2 x PP2 trains like one process (all 6 iterations within TOL of the baseline); the same run saves at
+    iteration 3 (--save-interval 3), and that checkpoint resumed on one process gives iterations 4..6 of the same
+    run (tied embeddings, LRPE angles on both stages: the preset's configuration). One 4-rank launch serves both
+    checks: the iteration-3 checkpoint is the one a run stopped there (--exit-interval 3) writes, and the run going
+    on to iteration 6 is the straight TP2 x PP2 run the layout check needs."""
+    ckpt = tmp_path / "ckpt"
     tp2pp2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
-    check(train(tmp_path / "first", dataset, 4, TRANSNORMER + tp2pp2 + ["--save", ckpt, "--exit-interval", "3"],
+    check(train(tmp_path / "first", dataset, 4, TRANSNORMER + tp2pp2 + ["--save", str(ckpt), "--save-interval", "3"],
                 iters=ITERS))
-    second = train(tmp_path / "second", dataset, 1, TRANSNORMER + ["--load", ckpt], iters=ITERS)
+    got = losses(tmp_path / "first")
+    assert max_rel_diff(got, baseline) <= TOL, ("tp2-pp2", got, baseline)
+
+    # resume from iteration 3: drop the final checkpoint so that the tracker names iteration 3 as the newest
+    assert (ckpt / "iter_0000003").is_dir() and (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+    shutil.rmtree(ckpt / "iter_0000006")
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("3\n")
+    second = train(tmp_path / "second", dataset, 1, TRANSNORMER + ["--load", str(ckpt)], iters=ITERS)
     check(second)
     assert "resharded from TP2 x PP2" in second.stdout
     got = losses(tmp_path / "second")
