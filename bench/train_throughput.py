@@ -82,8 +82,8 @@ def megatron_train_args(stack: str, tiny: bool, device: str, mbs: int, iters: in
               "--seq-length", str(seq)] if tiny else ["--recipe", "tinyllama-1.1b", "--bf16"])
     return ["train", "--device", device, "--nproc-per-node", "1", *shape, "--mock-data", "--tokenizer-type",
             "NullTokenizer", "--eval-interval", "0", "--lr-warmup-iters", "0", "--micro-batch-size", str(mbs),
-            "--global-batch-size", str(mbs * micro_batches), "--train-iters", str(warmup + iters), "--tensorboard-dir", tb_dir,
-            *MEGATRON_FLAGS[stack]]
+            "--global-batch-size", str(mbs * micro_batches), "--train-iters", str(warmup + iters),
+            "--tensorboard-dir", tb_dir, *MEGATRON_FLAGS[stack]]
 
 
 def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warmup: int,
@@ -353,8 +353,8 @@ def main(argv=None) -> int:
     model, seq = model_shape(a.tiny)
     meta = {"device_name": name, "peak_tflops": peak, "dtype": dtype, "hbm_gbps": hbm_gbps(name) if device == "cuda"
             else None, "shape": "tiny" if a.tiny else "tinyllama-1.1b", "seq_length": seq, "micro_batch_size": mbs,
-            "micro_batches": a.micro_batches, "iterations": iters, "warmup": warmup, "command": " ".join([os.path.basename(sys.argv[0])] + (argv or
-                                                                                                  sys.argv[1:]))}
+            "micro_batches": a.micro_batches, "iterations": iters, "warmup": warmup,
+            "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:]))}
     results: Dict[str, Dict[str, Any]] = {}
     for s in stacks:
         print(f"== {s}", file=sys.stderr, flush=True)

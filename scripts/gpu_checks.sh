@@ -27,8 +27,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 START=$(date +%s)
 DRY=${DRY_RUN:+1}
-if [[ -n $DRY ]]; then : > "$OUT/commands.txt"; fi
-if [[ -z $DRY ]]; then
+if [[ -n $DRY ]]; then
+  : > "$OUT/commands.txt"
+else
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
   python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 fi

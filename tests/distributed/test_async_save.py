@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from trainrun import check, losses, train
+from trainrun import check, losses, rewind, train
 
 ITERS = 6
 
@@ -28,8 +28,7 @@ def test_async_save_keep_last_and_resume(dataset, tmp_path):
     # The checkpoint of iteration 4 was written while iteration 5 trained: it still holds iteration 4's state.
     snap = tmp_path / "snap"
     shutil.copytree(ckpt, snap)
-    shutil.rmtree(snap / "iter_0000006")
-    (snap / "latest_checkpointed_iteration.txt").write_text("4\n")
+    rewind(snap, 4)
     resumed = tmp_path / "resumed"
     proc = train(resumed, dataset, 2, ["--load", str(snap)], iters=ITERS, gbs=4, mbs=2)
     check(proc)

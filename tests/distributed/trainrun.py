@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,16 @@ def signal_after(args: List[str], out: Path, records: int, signum: int, timeout:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
     return proc.returncode, log.read_text()
+
+
+def rewind(ckpt: Path, iteration: int) -> None:
+    """Make `iteration` the newest checkpoint under `ckpt`, as if the run had stopped there: the later iter_*
+    folders removed, the tracker file naming it."""
+    assert (ckpt / f"iter_{iteration:07d}").is_dir(), f"no checkpoint of iteration {iteration} in {ckpt}"
+    for d in ckpt.glob("iter_*"):
+        if int(d.name[5:]) > iteration:
+            shutil.rmtree(d)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
 
 
 def losses(out: Path) -> Dict[int, float]:
