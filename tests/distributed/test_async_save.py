@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from trainrun import check, losses, rewind, train
 
 ITERS = 6
@@ -37,14 +39,23 @@ def test_async_save_keep_last_and_resume(dataset, tmp_path):
     assert got == {k: straight[k] for k in (5, 6)}
 
 
-def test_save_interval_minutes(dataset, tmp_path):
-    ckpt = tmp_path / "ckpt"
+@pytest.fixture(scope="module")
+def one_rank(dataset, tmp_path_factory):
+    """An uninterrupted one-rank run of ITERS iterations saving by --save-interval-minutes and recording the samples
+    it draws (MEGATRON_LLM_TEST_SAMPLE_LOG): test_save_interval_minutes checks its saves and log records,
+    test_exactly_once_samples_across_restart_and_dp_change uses its samples as the reference order (saving and the
+    log interval do not change which samples are drawn)."""
+    out = tmp_path_factory.mktemp("one-rank")
     # 0.0001 minutes: due at every log boundary (2, 4, 6); without it only the final save (6) would happen
-    flags = ["--save", str(ckpt), "--save-interval-minutes", "0.0001", "--log-interval", "2"]
-    proc = train(tmp_path, dataset, 1, flags, iters=ITERS, gbs=4, mbs=2)
-    check(proc)
-    assert _saved(ckpt) == [2, 4, 6]
-    rec = [r for r in losses(tmp_path)]
+    flags = ["--save", str(out / "ckpt"), "--save-interval-minutes", "0.0001", "--log-interval", "2"]
+    check(train(out, dataset, 1, flags, iters=ITERS, gbs=4, mbs=2,
+                env={"MEGATRON_LLM_TEST_SAMPLE_LOG": str(out / "samples")}))
+    return out
+
+
+def test_save_interval_minutes(one_rank):
+    assert _saved(one_rank / "ckpt") == [2, 4, 6]
+    rec = [r for r in losses(one_rank)]
     assert rec == [2, 4, 6]  # one metrics.jsonl record per log interval
 
 
@@ -55,13 +66,11 @@ def _samples(prefix_dir):
     return out
 
 
-def test_exactly_once_samples_across_restart_and_dp_change(dataset, tmp_path):
+def test_exactly_once_samples_across_restart_and_dp_change(dataset, one_rank, tmp_path):
     """Stopped at iteration 3 at DP2 and resumed at DP1: the samples trained on are those of an uninterrupted run,
     each once (MEGATRON_LLM_TEST_SAMPLE_LOG records position and token checksum of every sample drawn)."""
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    ref.mkdir(), run.mkdir()
-    check(train(ref, dataset, 1, [], iters=ITERS, gbs=4, mbs=2,
-                env={"MEGATRON_LLM_TEST_SAMPLE_LOG": str(ref / "samples")}))
+    ref, run = one_rank, tmp_path / "run"  # ref: the uninterrupted one-rank run
+    run.mkdir()
     ckpt = str(run / "ckpt")
     env = {"MEGATRON_LLM_TEST_SAMPLE_LOG": str(run / "samples")}
     check(train(run, dataset, 2, ["--save", ckpt, "--exit-interval", "3"], iters=ITERS, gbs=4, mbs=2, env=env))

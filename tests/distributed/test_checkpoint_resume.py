@@ -2,50 +2,49 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 
 import pytest
 
-from trainrun import check, losses, make_dataset, max_rel_diff, train
+from trainrun import check, copy_metrics, losses, max_rel_diff, snapshot, train
 
 TP2PP2 = ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]
 TOTAL, STOP = 20, 10
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    data = make_dataset(str(tmp_path_factory.mktemp("data") / "zipf"))
+def runs(dataset, tmp_path_factory):
+    # The uninterrupted run of --train-iters 20 saves at 10 (--save-interval: the save an --exit-interval 10 stop
+    # makes) and at 20; the resumed run loads that checkpoint of iteration 10 and trains 11..20 of the same schedule.
     straight = tmp_path_factory.mktemp("straight")
-    check(train(straight, data, 4, TP2PP2, iters=TOTAL))
-    # Same schedule (--train-iters 20) stopped after 10 by --exit-interval, then resumed from the checkpoint.
+    check(train(straight, dataset, 4, TP2PP2 + ["--save", str(straight / "ckpt"), "--save-interval", str(STOP)],
+                iters=TOTAL))
     resumed = tmp_path_factory.mktemp("resumed")
-    ckpt = str(resumed / "ckpt")
-    first = train(resumed, data, 4, TP2PP2 + ["--save", ckpt, "--exit-interval", str(STOP)], iters=TOTAL)
-    check(first)
-    snapshot = str(resumed / "ckpt-at-10")
-    shutil.copytree(ckpt, snapshot)
-    second = train(resumed, data, 4, TP2PP2 + ["--save", ckpt, "--load", ckpt], iters=TOTAL)
+    ckpt = snapshot(straight / "ckpt", STOP, resumed / "ckpt")
+    snap = snapshot(straight / "ckpt", STOP, resumed / "ckpt-at-10")  # the resumed run adds iteration 20 to ckpt
+    copy_metrics(straight, resumed)  # as the stopped run left it, plus records after 10 that the resume must drop
+    second = train(resumed, dataset, 4, TP2PP2 + ["--save", ckpt, "--load", ckpt], iters=TOTAL)
     check(second)
-    return {"data": data, "straight": losses(straight), "resumed": losses(resumed), "snapshot": snapshot,
-            "ckpt": ckpt, "second_stdout": second.stdout}
+    return {"data": dataset, "straight": losses(straight), "resumed": losses(resumed), "snapshot": snap,
+            "straight_ckpt": str(straight / "ckpt"), "ckpt": ckpt, "second_stdout": second.stdout}
 
 
 def test_resume_is_bitwise_identical(runs):
     straight, resumed = runs["straight"], runs["resumed"]
-    assert sorted(resumed) == list(range(1, TOTAL + 1))  # metrics.jsonl appended across the restart, no repeats
+    assert sorted(straight) == list(range(1, TOTAL + 1))
+    assert sorted(resumed) == list(range(1, TOTAL + 1))  # metrics.jsonl continued across the restart, no repeats
     for it in range(1, TOTAL + 1):
         assert resumed[it] == straight[it], (it, resumed[it], straight[it])
     assert "loaded checkpoint" in runs["second_stdout"]
 
 
 def test_checkpoint_layout_on_disk(runs):
-    ckpt = runs["ckpt"]
-    assert open(os.path.join(ckpt, "latest_checkpointed_iteration.txt")).read().strip() == str(TOTAL)
-    names = sorted(os.listdir(ckpt))
-    assert "iter_0000010" in names and "iter_0000020" in names
-    assert not [n for n in names if n.endswith(".tmp")]  # no half-written checkpoint left behind
+    # the uninterrupted run's (--save-interval 10, final save at 20) and the resumed run's (10 loaded, 20 saved)
+    for ckpt in (runs["straight_ckpt"], runs["ckpt"]):
+        assert open(os.path.join(ckpt, "latest_checkpointed_iteration.txt")).read().strip() == str(TOTAL)
+        names = sorted(os.listdir(ckpt))
+        assert "iter_0000010" in names and "iter_0000020" in names
+        assert not [n for n in names if n.endswith(".tmp")]  # no half-written checkpoint left behind
 
 
 @pytest.mark.parametrize("name,nproc,flags", [

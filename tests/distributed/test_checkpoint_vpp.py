@@ -1,45 +1,47 @@
-"""Save, resume and reshard with virtual pipeline stages (the interleaved schedule), including > 10 chunks per rank."""
+"""Save, resume and reshard with virtual pipeline stages (the interleaved schedule), including > 10 chunks per rank.
+
+Each uninterrupted reference run also saves at the iteration the resumes start from (a --save-interval save is the
+save an --exit-interval stop makes); the resumed runs start from a copy of that checkpoint."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from trainrun import check, losses, max_rel_diff, train
+from trainrun import PP2_VP2 as PP2VP2, check, copy_metrics, losses, max_rel_diff, snapshot, train
 
-PP2VP2 = ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"]
 TOTAL, STOP = 6, 3
 
 
-def resumed_run(out, dataset, nproc, flags, stop, total, **kw):
-    """Train to `stop` (saving there), snapshot the checkpoint, resume to `total`. Returns the snapshot path."""
-    ckpt = str(out / "ckpt")
-    check(train(out, dataset, nproc, flags + ["--save", ckpt, "--exit-interval", str(stop)], iters=total, **kw))
-    snapshot = str(out / f"ckpt-at-{stop}")
-    shutil.copytree(ckpt, snapshot)
-    proc = train(out, dataset, nproc, flags + ["--save", ckpt, "--load", ckpt], iters=total, **kw)
+def resume(straight, data, nproc, flags, stop, total, out):
+    """Resume the uninterrupted run in `straight` from its checkpoint of `stop` (copied to out/ckpt, which the resumed
+    run only reads) into `out`, training to `total`; its metrics.jsonl starts as the uninterrupted run's (the resumed
+    run drops and logs again the iterations after `stop`). Returns the losses in `out`."""
+    ckpt = snapshot(straight / "ckpt", stop, out / "ckpt")
+    copy_metrics(straight, out)
+    proc = train(out, data, nproc, flags + ["--load", ckpt], iters=total)
     check(proc)
     assert "loaded checkpoint" in proc.stdout
-    return snapshot
+    return losses(out)
 
 
 @pytest.fixture(scope="module")
-def vpp(dataset, tmp_path_factory):
-    straight = tmp_path_factory.mktemp("straight")
-    check(train(straight, dataset, 2, PP2VP2, iters=TOTAL))
-    resumed = tmp_path_factory.mktemp("resumed")
-    snapshot = resumed_run(resumed, dataset, 2, PP2VP2, STOP, TOTAL)
-    return {"straight": losses(straight), "resumed": losses(resumed), "snapshot": snapshot}
+def vpp(pp2_vp2_run, tmp_path_factory):
+    """The session's PP2 x VPP2 run (TOTAL iterations, saved every STOP: conftest.py) and its resume from STOP."""
+    straight, data = pp2_vp2_run["out"], pp2_vp2_run["data"]
+    out = tmp_path_factory.mktemp("resumed")
+    resumed = resume(straight, data, 2, PP2VP2, STOP, TOTAL, out)
+    return {"data": data, "straight": losses(straight), "resumed": resumed, "snapshot": str(out / "ckpt")}
 
 
 def test_vpp_resume_is_bitwise_identical(vpp):
-    assert sorted(vpp["resumed"]) == list(range(1, TOTAL + 1))
+    assert sorted(vpp["straight"]) == list(range(1, TOTAL + 1))
+    assert sorted(vpp["resumed"]) == list(range(1, TOTAL + 1))  # records after STOP dropped and logged once again
     assert vpp["resumed"] == vpp["straight"]
 
 
-def test_vpp_checkpoint_reshards_to_pp1(vpp, dataset, tmp_path):
-    proc = train(tmp_path, dataset, 1, ["--load", vpp["snapshot"], "--exit-interval", str(STOP + 1)], iters=TOTAL)
+def test_vpp_checkpoint_reshards_to_pp1(vpp, tmp_path):
+    proc = train(tmp_path, vpp["data"], 1, ["--load", vpp["snapshot"], "--exit-interval", str(STOP + 1)],
+                 iters=TOTAL)
     check(proc)
     assert "resharded from TP1 x PP2" in proc.stdout
     got = losses(tmp_path)
@@ -47,13 +49,14 @@ def test_vpp_checkpoint_reshards_to_pp1(vpp, dataset, tmp_path):
     assert max_rel_diff(got, {STOP + 1: vpp["straight"][STOP + 1]}) <= 1e-5
 
 
-def test_tp_pp_vpp_checkpoint_resumes_at_another_dp(vpp, dataset, tmp_path):
+def test_tp_pp_vpp_checkpoint_resumes_at_another_dp(vpp, tmp_path):
     """TP2 x PP2 x VPP2 saves; PP2 x VPP2 x DP2 resumes: same model, same samples, so the same losses."""
     ckpt = str(tmp_path / "ckpt")
-    check(train(tmp_path / "a", dataset, 4, ["--tensor-model-parallel-size", "2", *PP2VP2, "--save", ckpt,
-                                          "--exit-interval", str(STOP)], iters=TOTAL))
+    check(train(tmp_path / "a", vpp["data"], 4, ["--tensor-model-parallel-size", "2", *PP2VP2, "--save", ckpt,
+                                               "--exit-interval", str(STOP)], iters=TOTAL))
     assert max_rel_diff(losses(tmp_path / "a"), {k: vpp["straight"][k] for k in range(1, STOP + 1)}) <= 1e-5
-    proc = train(tmp_path / "b", dataset, 4, PP2VP2 + ["--load", ckpt, "--exit-interval", str(STOP + 1)], iters=TOTAL)
+    proc = train(tmp_path / "b", vpp["data"], 4, PP2VP2 + ["--load", ckpt, "--exit-interval", str(STOP + 1)],
+                 iters=TOTAL)
     check(proc)
     assert "resharded from TP2 x PP2" in proc.stdout
     assert max_rel_diff(losses(tmp_path / "b"), {STOP + 1: vpp["straight"][STOP + 1]}) <= 1e-5
@@ -67,8 +70,11 @@ def test_model_keys_are_in_chunk_order():
 
 
 def test_eleven_chunks_per_rank_resume_exactly(dataset, tmp_path):
-    """22 layers on PP2 with one layer per virtual stage: 11 chunks per rank, model10 must load into chunk 10."""
+    """22 layers on PP2 with one layer per virtual stage: 11 chunks per rank, model10 must load into chunk 10.
+    The uninterrupted 4-iteration run saves at 2; resumed from there, iterations 3 and 4 are bitwise the same."""
     flags = ["--num-layers", "22", *PP2VP2]
-    check(train(tmp_path / "straight", dataset, 2, flags, iters=4))
-    resumed_run(tmp_path / "resumed", dataset, 2, flags, 2, 4)
-    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    straight = tmp_path / "straight"
+    check(train(straight, dataset, 2, flags + ["--save", str(straight / "ckpt"), "--save-interval", "2"], iters=4))
+    resumed = resume(straight, dataset, 2, flags, 2, 4, tmp_path / "resumed")
+    assert sorted(resumed) == [1, 2, 3, 4]
+    assert resumed == losses(straight)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from trainrun import check, losses, make_dataset, train
+from trainrun import check, losses, make_dataset, snapshot, train
 
 TOTAL, STOP = 4, 2
 
@@ -16,11 +16,11 @@ TOTAL, STOP = 4, 2
 def runs(tmp_path_factory):
     # ~50 samples of 64 tokens per epoch: 12 iterations of 8 would need a second epoch
     data = make_dataset(str(tmp_path_factory.mktemp("data") / "tiny"), num_docs=30)
+    # The uninterrupted run saves at STOP (and at TOTAL); "ckpt" holds its checkpoint of STOP as the latest, as a run
+    # stopped there by --exit-interval leaves it.
     straight = tmp_path_factory.mktemp("straight")
-    check(train(straight, data, 1, [], iters=TOTAL))
-    first = tmp_path_factory.mktemp("first")
-    ckpt = str(first / "ckpt")
-    check(train(first, data, 1, ["--save", ckpt, "--exit-interval", str(STOP)], iters=TOTAL))
+    check(train(straight, data, 1, ["--save", str(straight / "ckpt"), "--save-interval", str(STOP)], iters=TOTAL))
+    ckpt = snapshot(straight / "ckpt", STOP, tmp_path_factory.mktemp("first") / "ckpt")
     return {"data": data, "straight": losses(straight), "ckpt": ckpt}
 
 

@@ -18,6 +18,8 @@ import numpy as np
 MODEL = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4", "--num-query-groups", "2",
          "--ffn-hidden-size", "128", "--max-position-embeddings", "64", "--seq-length", "64"]
 VOCAB = 512
+# Two pipeline stages with one layer per virtual stage: 2 model chunks per rank (the interleaved schedule)
+PP2_VP2 = ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"]
 
 
 def make_dataset(prefix: str, num_docs: int = 400, seed: int = 0) -> str:
@@ -134,6 +136,24 @@ def checkpoint_tensors(ckpt_dir: str) -> Dict[str, "object"]:
                 walk(v, f"{path}[{i}]")
     walk(sd, "")
     return out
+
+
+def snapshot(root, iteration: int, dest) -> str:
+    """A checkpoint root at `dest` holding `root`'s checkpoint of `iteration` as its latest: what a run stopped by
+    --exit-interval at `iteration` leaves (a --save-interval save and the save at exit are the same save), so one
+    uninterrupted run that saves there is both the reference and the checkpoint to resume from."""
+    from megatron_llm.training.checkpointing import TRACKER, checkpoint_dir
+
+    shutil.copytree(checkpoint_dir(str(root), iteration), checkpoint_dir(str(dest), iteration))
+    (Path(dest) / TRACKER).write_text(f"{iteration}\n")
+    return str(dest)
+
+
+def copy_metrics(src: Path, dest: Path) -> None:
+    """Start `dest`'s metrics.jsonl as a copy of `src`'s (an uninterrupted run's): a run resumed into `dest` must
+    drop the records after the iteration it loads and log those iterations again, each once."""
+    (dest / "tb").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "tb" / "metrics.jsonl", dest / "tb" / "metrics.jsonl")
 
 
 def max_rel_diff(a: Dict[int, float], b: Dict[int, float]) -> float:
