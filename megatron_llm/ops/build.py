@@ -2,13 +2,15 @@
 
 Two ways in: the module `pip install -e .` compiled into the package (megatron_llm._C), used when it was built from
 the sources now in csrc/ (its compiled-in source hash matches), else a JIT build with torch.utils.cpp_extension into
-a cache directory keyed by that hash (~/.cache/megatron_llm/ext, or $MEGATRON_LLM_EXT_DIR), so a build happens once
-per source version and machine. Every csrc/**/*.cpp is compiled; csrc/**/*.cu too when torch has CUDA and a CUDA
+a cache directory keyed by that hash and the checkout (~/.cache/megatron_llm/ext, or $MEGATRON_LLM_EXT_DIR), so a
+build happens once per source version, checkout and machine; concurrent builders take turns on a file lock. Every csrc/**/*.cpp is compiled; csrc/**/*.cu too when torch has CUDA and a CUDA
 toolkit is found (a kernel added under csrc/ needs no registration here). MEGATRON_LLM_NO_EXT=1 disables it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import os
@@ -89,19 +91,47 @@ def _prebuilt(digest: str):
     return mod if getattr(mod, "source_hash", lambda: "")() == f"h{digest}" else None
 
 
+def build_dir(digest: str, root: Path = CSRC) -> Path:
+    """The JIT build directory: per source version and per checkout, since ninja's build file records the sources'
+    absolute paths (two checkouts sharing one directory would rebuild each other's extension every time)."""
+    where = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    return cache_dir() / f"{digest}-{where}"
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path):
+    """Hold an flock on directory/build.flock: builders (ranks of one job, several jobs) take turns, and the lock
+    goes with the process that held it, so a killed build never blocks the next one. torch's own lock file
+    (directory/lock), left behind by a build killed part-way, would make torch wait forever: holding the flock,
+    any such file is stale and is removed."""
+    with open(directory / "build.flock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            stale = directory / "lock"
+            if stale.exists():
+                print(f"megatron_llm: removing {stale}, left by a build that did not finish", file=sys.stderr,
+                      flush=True)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _jit(with_cuda: bool, digest: str):
     from torch.utils import cpp_extension
 
-    build_dir = cache_dir() / digest
-    build_dir.mkdir(parents=True, exist_ok=True)
+    directory = build_dir(digest)
+    directory.mkdir(parents=True, exist_ok=True)
     flags = compile_flags(with_cuda, digest)
-    if not any(build_dir.glob("*.so")):
-        print(f"megatron_llm: building the csrc extension ({'CPU + CUDA' if with_cuda else 'CPU'}) into {build_dir} "
-              "(once per source version)", file=sys.stderr, flush=True)
-    return cpp_extension.load(
-        name=f"mllm_{digest}", sources=[str(s) for s in sources(with_cuda)], build_directory=str(build_dir),
-        extra_cflags=flags["extra_compile_args"]["cxx"], extra_cuda_cflags=flags["extra_compile_args"].get("nvcc"),
-        extra_include_paths=flags["include_dirs"], extra_ldflags=["-fopenmp"], with_cuda=with_cuda, verbose=False)
+    with _exclusive(directory):
+        if not any(directory.glob("*.so")):
+            print(f"megatron_llm: building the csrc extension ({'CPU + CUDA' if with_cuda else 'CPU'}) into "
+                  f"{directory} (once per source version)", file=sys.stderr, flush=True)
+        return cpp_extension.load(
+            name=f"mllm_{digest}", sources=[str(s) for s in sources(with_cuda)], build_directory=str(directory),
+            extra_cflags=flags["extra_compile_args"]["cxx"],
+            extra_cuda_cflags=flags["extra_compile_args"].get("nvcc"), extra_include_paths=flags["include_dirs"],
+            extra_ldflags=["-fopenmp"], with_cuda=with_cuda, verbose=False)
 
 
 def load() -> Tuple[Optional[object], str]:
@@ -126,7 +156,7 @@ def _load_uncached() -> Tuple[Optional[object], str]:
     if mod is not None:
         return mod, "prebuilt megatron_llm._C (pip install)"
     try:
-        return _jit(with_cuda, digest), f"JIT build cached in {cache_dir() / digest}"
+        return _jit(with_cuda, digest), f"JIT build cached in {build_dir(digest)}"
     except Exception as exc:  # no compiler, a broken toolkit: the torch reference still runs
         last = (str(exc).strip().splitlines() or [""])[-1][:200]
         return None, f"extension build failed ({type(exc).__name__}: {last})"

@@ -34,3 +34,12 @@ def pp2_vp2_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pp2vp2")
     check(train(out, data, 2, PP2_VP2 + ["--save", str(out / "ckpt"), "--save-interval", "3"], iters=6))
     return {"data": data, "out": out}
+
+
+@pytest.fixture(scope="session")
+def csrc_extension():
+    """The csrc extension built (or found) once in the pytest process, so the ranks of a test load the cached module
+    instead of taking turns building it inside a timed launch. Returns build.load()'s reason."""
+    from megatron_llm.ops import build
+
+    return build.load()[1]

@@ -13,6 +13,7 @@ from trainrun import check, losses, max_rel_diff, train
 
 ITERS = 20
 TOL = 1e-5
+pytestmark = pytest.mark.usefixtures("csrc_extension")
 
 LAYOUTS = {
     "tp2": (2, ["--tensor-model-parallel-size", "2"]),

@@ -61,3 +61,62 @@ def test_ops_verb_lists_each_op(monkeypatch):
                             capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
                                                                                "MEGATRON_LLM_NO_EXT": "1"})
     assert "torch reference" in forced.stdout and "MEGATRON_LLM_NO_EXT is set" in forced.stdout
+
+
+def test_each_checkout_builds_in_its_own_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEGATRON_LLM_EXT_DIR", str(tmp_path / "cache"))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.cpp").write_text("int x;")
+    digest = build.source_hash(False, tmp_path / "a")
+    assert build.source_hash(False, tmp_path / "b") == digest  # same sources, same module identity
+    dirs = {build.build_dir(digest, tmp_path / n) for n in ("a", "b")}
+    assert len(dirs) == 2 and all(d.parent == tmp_path / "cache" and d.name.startswith(digest) for d in dirs)
+    assert build.build_dir(digest, tmp_path / "a") == build.build_dir(digest, tmp_path / "a" / ".." / "a")
+
+
+_HOLD = """
+import fcntl, sys, time
+f = open(sys.argv[1], "a")
+fcntl.flock(f, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_build_never_blocks_the_next(tmp_path, monkeypatch):
+    """A builder killed part-way leaves torch's lock file and its own flock: the flock goes with the process, and
+    the next builder removes the stale lock file instead of waiting on it forever."""
+    import os
+    import signal
+    import threading
+
+    monkeypatch.setenv("MEGATRON_LLM_EXT_DIR", str(tmp_path))
+    directory = build.build_dir("feed")
+    directory.mkdir(parents=True)
+    (directory / "lock").write_text("")  # torch's FileBaton of the killed build
+    seen = {}
+
+    def fake_load(**kwargs):
+        seen["lock_left"] = (directory / "lock").exists()
+        seen["dir"] = kwargs["build_directory"]
+        return "module"
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", fake_load)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(directory / "build.flock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = {}
+        waiter = threading.Thread(target=lambda: result.setdefault("mod", build._jit(False, "feed")))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not seen, "a build in progress (flock held) is waited for"
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        waiter.join(30)
+        assert not waiter.is_alive() and result["mod"] == "module"
+        assert seen == {"lock_left": False, "dir": str(directory)}
+    finally:
+        if holder.poll() is None:
+            holder.kill()
