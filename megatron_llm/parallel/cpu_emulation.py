@@ -187,6 +187,33 @@ def _patches() -> List[Tuple[Any, str, Any]]:
     ]
 
 
+def _no_compile(fn=None, **kwargs):
+    return fn if fn is not None else (lambda f: f)
+
+
+def eager_jit_fusions() -> bool:
+    """Run megatron-core's fused elementwise functions (bias + SwiGLU/GeLU, RoPE helpers, ...) eagerly on a CPU rank.
+
+    megatron-core decorates them with torch.compile (megatron.core.jit.jit_fuser) as its modules are imported: that
+    brings in dynamo and inductor (~1.3 s a process, measured) and on CPU the first call compiles C++ for each function
+    and shape, for elementwise work that takes microseconds here. Called before megatron-core is first imported,
+    jit_fuser becomes megatron's own no-op (the one ``disable_jit_fuser`` installs) for every module. Returns whether
+    it took effect: False when megatron-core was imported already (nothing is changed then)."""
+    import sys
+
+    if "megatron.core" in sys.modules:
+        return False
+    real = torch.compile
+    torch.compile = _no_compile  # what megatron.core.jit binds as jit_fuser while megatron.core imports
+    try:
+        from megatron.core import jit
+
+        jit.disable_jit_fuser()
+    finally:
+        torch.compile = real
+    return True
+
+
 def activate() -> None:
     """Opt this process into CPU emulation. Idempotent. Refuses when CUDA is initialised for real work."""
     if _state["active"]:

@@ -6,6 +6,8 @@ from typing import Optional
 
 
 def resolve_device(requested: Optional[str]) -> str:
+    if requested == "cpu":  # decided without importing torch (~1 s): the launcher of a CPU run never needs it
+        return "cpu"
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():

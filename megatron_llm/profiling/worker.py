@@ -6,15 +6,18 @@ import sys
 
 
 def main(argv=None) -> int:
-    from megatron_llm.profiling.callback import ProfilerCallback
     from megatron_llm.profiling.options import profile_config
-    from megatron_llm.training.pretrain import pretrain
+    from megatron_llm.training import worker
 
     args, cfg, window = profile_config(sys.argv[1:] if argv is None else argv)
+    worker.before_megatron_imports(cfg)
+    from megatron_llm.profiling.callback import ProfilerCallback
+    from megatron_llm.training.pretrain import pretrain
+
     cb = ProfilerCallback(args.report_dir, args.warmup_iters, args.profile_iters, trace_iters=window,
                           sample_interval_s=args.sample_interval, attention=args.attention_flops,
                           breakdown=args.breakdown)
-    return int(pretrain(cfg, [cb])["exit_code"])
+    return worker.finished(int(pretrain(cfg, [cb])["exit_code"]))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ KW = dict(iters=ITERS, gbs=4, mbs=2)
 FORK_SERVER = r"""
 import json, os, sys, time
 t0 = time.monotonic()
+from megatron_llm.parallel import cpu_emulation
+cpu_emulation.eager_jit_fusions()  # as a CPU rank does before importing megatron-core (training/worker.py)
 import torch, torch.distributed.checkpoint, torch.utils.tensorboard
 import megatron.core.models.gpt, megatron.core.dist_checkpointing, megatron.core.datasets.gpt_dataset
 import megatron.core.optimizer, megatron.core.pipeline_parallel
@@ -50,10 +52,11 @@ import megatron_llm.models.build, megatron_llm.data.gpt_datasets, megatron_llm.p
 print(json.dumps({"ready_s": time.monotonic() - t0}), flush=True)
 for line in sys.stdin:
     job = json.loads(line)
+    # opened before the fork: the log exists even when the child is killed at once
+    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     pid = os.fork()
     if pid == 0:
         os.setpgid(0, 0)
-        fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -72,6 +75,7 @@ for line in sys.stdin:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(int(code or 0))
+    os.close(fd)
     try:
         os.setpgid(pid, pid)  # as the child does: killpg(pid) works from the moment the pid is reported
     except OSError:
@@ -149,6 +153,14 @@ def _tracker(ckpt):
     return int(path.read_text()) if path.exists() else None
 
 
+def _partials(ckpt) -> set:
+    """The iter_N.tmp directories of saves in progress (or cut short by a kill)."""
+    try:
+        return {n for n in os.listdir(ckpt) if n.endswith(".tmp")}
+    except FileNotFoundError:
+        return set()
+
+
 def _assert_complete_on_disk(ckpt):
     """What a kill leaves: the tracker (if any) names a renamed, complete directory."""
     it = _tracker(ckpt)
@@ -168,9 +180,12 @@ def _kill_when(proc, ckpt, inside_save: int, at_s: float, rng) -> str:
     iter_N.tmp appears), or at at_s when inside_save is 0."""
     t0 = time.monotonic()
     seen, was_saving = 0, False
+    left_over = _partials(ckpt)  # a partial save of the previous kill: not this process saving
     while proc.poll() is None:
         if inside_save:
-            saving = ckpt.is_dir() and any(n.endswith(".tmp") for n in os.listdir(ckpt))
+            now = _partials(ckpt)
+            left_over &= now  # once removed (the restart's load does), a same-named one is this process's
+            saving = bool(now - left_over)
             seen += int(saving and not was_saving)
             was_saving = saving
             if saving and seen == inside_save:
@@ -213,7 +228,7 @@ def _kill_trials(tmp_path, data, server, reference, t0, run_s):
     ckpt = run / "ckpt"
     failures, in_save, finished, chains, resumed_from = [], 0, 0, 1, []
     for trial in range(TRIALS):
-        before, had_partial = _tracker(ckpt), ckpt.is_dir() and any(n.endswith(".tmp") for n in os.listdir(ckpt))
+        before, had_partial = _tracker(ckpt), bool(_partials(ckpt))
         log_path = tmp_path / f"trial{trial}.log"
         started = time.monotonic()
         proc = server.start(_run_args(run, data), log_path)
@@ -259,4 +274,4 @@ def _kill_trials(tmp_path, data, server, reference, t0, run_s):
     assert not failures, failures
     assert len(records) == ITERS, "every iteration logged once"
     assert got == reference, {k: (got.get(k), reference[k]) for k in reference if got.get(k) != reference[k]}
-    assert not [n for n in os.listdir(ckpt) if n.endswith(".tmp")]
+    assert not _partials(ckpt)

@@ -89,3 +89,36 @@ def test_guard_refuses_emulation_on_a_cuda_run():
             print("refused:", e)
     """)
     assert "refused: CPU emulation is active in a CUDA run" in out
+
+
+def test_jit_fusions_run_eagerly_when_asked_before_megatron_imports():
+    out = run("""
+        import sys, torch
+        real = torch.compile
+        from megatron_llm.parallel import cpu_emulation
+        assert cpu_emulation.eager_jit_fusions()
+        assert torch.compile is real  # torch itself is left as it was
+        from megatron.core import jit
+        from megatron.core.fusions import fused_bias_swiglu, fused_bias_gelu
+        import megatron.core.models.gpt, megatron.core.optimizer
+        assert jit.jit_fuser is jit.noop_decorator
+        for f in (fused_bias_swiglu.swiglu, fused_bias_swiglu.bias_swiglu, fused_bias_gelu.bias_gelu):
+            assert type(f).__name__ == "function" and not hasattr(f, "_torchdynamo_orig_callable"), f
+        assert "torch._dynamo" not in sys.modules and "torch._inductor" not in sys.modules
+        x = torch.randn(3, 8)  # and they still compute: swiglu(x) = silu(a) * b
+        a, b = x.chunk(2, -1)
+        torch.testing.assert_close(fused_bias_swiglu.swiglu(x), torch.nn.functional.silu(a) * b)
+        assert not cpu_emulation.eager_jit_fusions()  # too late a second time: megatron-core is imported
+        print("eager")
+    """)
+    assert "eager" in out
+
+
+def test_without_it_megatron_compiles_its_fusions():
+    """The property the test above relies on: megatron-core's default is torch.compile."""
+    out = run("""
+        import sys
+        from megatron.core.fusions import fused_bias_swiglu
+        print(hasattr(fused_bias_swiglu.swiglu, "_torchdynamo_orig_callable"), "torch._dynamo" in sys.modules)
+    """)
+    assert out.split() == ["True", "True"]
