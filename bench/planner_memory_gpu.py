@@ -21,6 +21,8 @@ from typing import List
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.mock_train import metrics, mock_train_args  # noqa: E402
+
 
 def recompute_supported() -> bool:
     from megatron_llm.planner.search import trainer_options
@@ -43,10 +45,7 @@ def predicted_gb(mbs: int, recompute: str, gpu_name: str) -> float:
 
 def train_args(tb: str, mbs: int, recompute: str) -> List[str]:
     """The `megatron-llm train` command line measured for one row (tests validate it on CPU)."""
-    args = ["train", "--device", "cuda", "--nproc-per-node", "1", "--recipe", "tinyllama-1.1b", "--mock-data",
-            "--tokenizer-type", "NullTokenizer", "--bf16", "--eval-interval", "0", "--lr-warmup-iters", "0",
-            "--micro-batch-size", str(mbs), "--global-batch-size", str(2 * mbs), "--train-iters", "2",
-            "--tensorboard-dir", tb]
+    args = mock_train_args("cuda", ["--recipe", "tinyllama-1.1b", "--bf16"], mbs, 2 * mbs, 2, tb)
     if recompute == "full":
         args += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
     return args
@@ -59,8 +58,7 @@ def measured_gb(out: str, mbs: int, recompute: str) -> float:
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if p.returncode != 0:
         raise RuntimeError(f"train failed ({p.returncode}): {p.stderr[-2000:]}")
-    lines = [json.loads(x) for x in open(os.path.join(tb, "metrics.jsonl")) if x.strip()]
-    return float([r["mem_gb"] for r in lines if r.get("mem_gb") is not None][-1])
+    return float([r["mem_gb"] for r in metrics(tb) if r.get("mem_gb") is not None][-1])
 
 
 def run(out: str, sizes: List[int]) -> List[dict]:
@@ -91,8 +89,9 @@ def main(argv=None) -> int:
         print(f"| {r['micro_batch_size']} | {r['recompute']} | {r['measured_gb']:.2f} | {r['predicted_gb']:.2f} | "
               f"{100 * r['error']:+.1f}% |")
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "planner_memory.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    from megatron_llm.fileio import atomic_write_text
+
+    atomic_write_text(os.path.join(a.out, "planner_memory.json"), json.dumps(rows, indent=2))
     ok = all(abs(r["error"]) <= 0.10 for r in rows)
     none = {r["micro_batch_size"]: r["measured_gb"] for r in rows if r["recompute"] == "none"}
     ok &= list(none.values()) == sorted(none.values())

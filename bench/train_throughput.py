@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench.mock_train import metrics, mock_train_args  # noqa: E402
 from megatron_llm.config.model import ModelConfig  # noqa: E402
 from megatron_llm.perf import flops as flops_mod  # noqa: E402
 
@@ -80,10 +81,7 @@ def megatron_train_args(stack: str, tiny: bool, device: str, mbs: int, iters: in
               "--num-query-groups", str(model.num_query_groups), "--ffn-hidden-size", str(model.ffn_hidden_size),
               "--vocab-size", str(model.vocab_size), "--max-position-embeddings", str(seq),
               "--seq-length", str(seq)] if tiny else ["--recipe", "tinyllama-1.1b", "--bf16"])
-    return ["train", "--device", device, "--nproc-per-node", "1", *shape, "--mock-data", "--tokenizer-type",
-            "NullTokenizer", "--eval-interval", "0", "--lr-warmup-iters", "0", "--micro-batch-size", str(mbs),
-            "--global-batch-size", str(mbs * micro_batches), "--train-iters", str(warmup + iters),
-            "--tensorboard-dir", tb_dir, *MEGATRON_FLAGS[stack]]
+    return mock_train_args(device, shape, mbs, mbs * micro_batches, warmup + iters, tb_dir) + MEGATRON_FLAGS[stack]
 
 
 def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warmup: int,
@@ -102,7 +100,7 @@ def run_megatron(stack: str, tiny: bool, device: str, mbs: int, iters: int, warm
             tail = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             why = next((ln for ln in reversed(tail) if "out of memory" in ln.lower()), tail[-1] if tail else "")
             return {"error": f"exit {proc.returncode}: {why.strip()[:200]}"}
-        recs = [json.loads(ln) for ln in open(os.path.join(tmp, "tb", "metrics.jsonl"))]
+        recs = metrics(os.path.join(tmp, "tb"))
     measured = [r for r in recs if r.get("iteration", 0) > warmup and r.get("iteration_time_s")]
     if not measured:
         return {"error": "no measured iterations in metrics.jsonl"}

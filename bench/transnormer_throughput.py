@@ -10,7 +10,6 @@ markdown table (for docs/performance.md) and writes it to --out. Usage (on the G
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,14 +22,15 @@ SHAPE = ["--num-layers", "24", "--hidden-size", "1024", "--num-attention-heads",
          "--vocab-size", "64000", "--no-untie-embeddings-and-output-weights"]
 TOKENS_PER_ITER = 32768
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.mock_train import metrics, mock_train_args  # noqa: E402
+
 
 def train_args(arch: str, seq: int, iters: int, device: str, tokens_per_iter: int, tb: str) -> List[str]:
     """The `megatron-llm train` command line of one row (tests validate it on CPU)."""
     mbs = max(1, tokens_per_iter // seq)
-    args = ["train", "--device", device, "--nproc-per-node", "1", *SHAPE, "--architecture", arch, "--mock-data",
-            "--tokenizer-type", "NullTokenizer", "--seq-length", str(seq), "--max-position-embeddings", str(seq),
-            "--micro-batch-size", str(mbs), "--global-batch-size", str(mbs), "--train-iters", str(iters),
-            "--eval-interval", "0", "--lr-warmup-iters", "0", "--tensorboard-dir", tb]
+    args = mock_train_args(device, [*SHAPE, "--architecture", arch, "--seq-length", str(seq),
+                                    "--max-position-embeddings", str(seq)], mbs, mbs, iters, tb)
     return args + (["--bf16"] if device == "cuda" else [])
 
 
@@ -44,8 +44,7 @@ def run(arch: str, seq: int, iters: int, device: str, tokens_per_iter: int = TOK
             return {"error": "OOM"}
         errors = [line for line in proc.stderr.splitlines() if "Error" in line] or ["exit %d" % proc.returncode]
         return {"error": errors[-1].strip()[:100]}
-    recs = [json.loads(line) for line in (out / "tb" / "metrics.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if r.get("tokens_per_s")][2:]  # drop warm-up iterations
+    recs = [r for r in metrics(str(out / "tb")) if r.get("tokens_per_s")][2:]  # drop warm-up iterations
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in recs),
             "mem_gb": max(r.get("mem_gb") or 0 for r in recs)}
 
@@ -75,8 +74,10 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     if a.out:
+        from megatron_llm.fileio import atomic_write_text
+
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(table + "\n")
+        atomic_write_text(a.out, table + "\n")
     return 0
 
 

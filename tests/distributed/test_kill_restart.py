@@ -71,10 +71,9 @@ for line in sys.stdin:
         except BaseException:
             import traceback
             traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(int(code or 0))
+        # the interpreter's normal exit, as a rank's: its atexit handlers stop the processes the run started (the
+        # checkpoint writer); os._exit would leave them running
+        sys.exit(int(code or 0))
     os.close(fd)
     try:
         os.setpgid(pid, pid)  # as the child does: killpg(pid) works from the moment the pid is reported
