@@ -68,7 +68,7 @@ setup(
     extras_require={
         "te": ["transformer-engine[pytorch]"],
         # transformers (+ gguf, accelerate: SmolLM2's GGUF) is the reference for checkpoint conversion tests
-        "test": ["pytest", "transformers", "safetensors", "gguf", "accelerate"],
+        "test": ["pytest", "pytest-xdist", "transformers", "safetensors", "gguf", "accelerate"],
         "plots": ["matplotlib"],
     },
     entry_points={"console_scripts": ["megatron-llm=megatron_llm.cli:main"]},

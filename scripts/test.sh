@@ -10,4 +10,7 @@ if [ -x scripts/setup_slurm.sh ]; then
   bash scripts/setup_slurm.sh
 fi
 export PYTHONWARNINGS=ignore
-python -m pytest -q -p no:cacheprovider tests "$@"
+# Two workers, whole files each (module fixtures run once): the tests that wait (Slurm's timers, hung and killed
+# ranks) overlap with the ones that compute; measured 21% faster than one worker on 2 cores (the Slurm, unit, vocab
+# padding and hang tests: 423 s vs 534 s). PYTEST_WORKERS=0 runs them in this process.
+python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile tests "$@"
