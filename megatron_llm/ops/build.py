@@ -3,8 +3,9 @@
 Two ways in: the module `pip install -e .` compiled into the package (megatron_llm._C), used when it was built from
 the sources now in csrc/ (its compiled-in source hash matches), else a JIT build with torch.utils.cpp_extension into
 a cache directory keyed by that hash and the checkout (~/.cache/megatron_llm/ext, or $MEGATRON_LLM_EXT_DIR), so a
-build happens once per source version, checkout and machine; concurrent builders take turns on a file lock. Every csrc/**/*.cpp is compiled; csrc/**/*.cu too when torch has CUDA and a CUDA
-toolkit is found (a kernel added under csrc/ needs no registration here). MEGATRON_LLM_NO_EXT=1 disables it.
+build happens once per source version, checkout and machine; concurrent builders take turns on a file lock. Every
+csrc/**/*.cpp is compiled; csrc/**/*.cu too when torch has CUDA and a CUDA toolkit is found (a kernel added under
+csrc/ needs no registration here). MEGATRON_LLM_NO_EXT=1 disables it.
 """
 
 from __future__ import annotations
