@@ -7,21 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainrun import PP2_VP2 as PP2VP2, check, copy_metrics, losses, max_rel_diff, snapshot, train
+from trainrun import PP2_VP2 as PP2VP2, check, losses, max_rel_diff, resume, train
 
 TOTAL, STOP = 6, 3
-
-
-def resume(straight, data, nproc, flags, stop, total, out):
-    """Resume the uninterrupted run in `straight` from its checkpoint of `stop` (copied to out/ckpt, which the resumed
-    run only reads) into `out`, training to `total`; its metrics.jsonl starts as the uninterrupted run's (the resumed
-    run drops and logs again the iterations after `stop`). Returns the losses in `out`."""
-    ckpt = snapshot(straight / "ckpt", stop, out / "ckpt")
-    copy_metrics(straight, out)
-    proc = train(out, data, nproc, flags + ["--load", ckpt], iters=total)
-    check(proc)
-    assert "loaded checkpoint" in proc.stdout
-    return losses(out)
 
 
 @pytest.fixture(scope="module")

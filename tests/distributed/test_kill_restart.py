@@ -48,7 +48,7 @@ import megatron.core.optimizer, megatron.core.pipeline_parallel
 import megatron_llm.cli.train, megatron_llm.cli.checks, megatron_llm.training.worker, megatron_llm.training.pretrain
 import megatron_llm.training.checkpointing, megatron_llm.training.optimizer, megatron_llm.training.initialize
 import megatron_llm.training.metrics, megatron_llm.training.health, megatron_llm.models.llama
-import megatron_llm.models.build, megatron_llm.data.gpt_datasets, megatron_llm.parallel.cpu_emulation
+import megatron_llm.models.build, megatron_llm.data.gpt_datasets
 print(json.dumps({"ready_s": time.monotonic() - t0}), flush=True)
 for line in sys.stdin:
     job = json.loads(line)

@@ -156,6 +156,19 @@ def copy_metrics(src: Path, dest: Path) -> None:
     shutil.copyfile(src / "tb" / "metrics.jsonl", dest / "tb" / "metrics.jsonl")
 
 
+def resume(straight: Path, data: str, nproc: int, flags: List[str], stop: int, total: int,
+           out: Path) -> Dict[int, float]:
+    """Resume the uninterrupted run in `straight` from its checkpoint of `stop` (copied to out/ckpt, which the resumed
+    run only reads) into `out`, training to `total`; its metrics.jsonl starts as the uninterrupted run's (the resumed
+    run drops and logs again the iterations after `stop`). Returns the losses in `out`."""
+    ckpt = snapshot(straight / "ckpt", stop, out / "ckpt")
+    copy_metrics(straight, out)
+    proc = train(out, data, nproc, flags + ["--load", ckpt], iters=total)
+    check(proc)
+    assert "loaded checkpoint" in proc.stdout
+    return losses(out)
+
+
 def max_rel_diff(a: Dict[int, float], b: Dict[int, float]) -> float:
     assert sorted(a) == sorted(b), (sorted(a), sorted(b))
     return max(abs(a[k] - b[k]) / abs(b[k]) for k in a)
