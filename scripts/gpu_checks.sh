@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything we check on a lent GPU (an H200 since 2026-12), in ONE call of at most 10 minutes, most important first.
-# Each step writes its results under $OUT (default runs/gpu_checks) as soon as it ends, so a call cut short still
-# brings back what finished. Steps:
+# Every step writes its logs and results under $RUN_DIR (default runs/gpu_checks). At most 8 files come back from
+# the device tool's $OUT, so when OUT is set the script puts two there, rewritten (atomically) as soon as each step
+# ends, so that a call cut short still brings back what finished: summary.txt (a line per step: rc, seconds) and
+# gpu_checks.tar.gz (all of $RUN_DIR; files over 8 MB left out). Unpack: tar -xzf gpu_checks.tar.gz. Steps:
 #   (a) JIT build of csrc/ + the op tests against the CPU/torch references in bf16 (tests/gpu/test_ops*.py)
 #   (b) 20 training iterations, fused spec vs local spec, same data: losses within bf16 tolerance
 #   (c) the 1.1B benchmark: fused, megatron-core local, HF eager (bench/train_throughput.py)
@@ -12,7 +14,7 @@
 #   (g) lightning attention bf16 vs reference, TransNormer vs Llama tokens/s by sequence length (issue 16)
 # A 10-minute call reaches (f)/(g) only when the earlier steps are quick: run them in a second call with STEPS=fg
 # (STEPS lists the step letters to run; default all). DRY_RUN=1 runs nothing: each step's command line goes to
-# $OUT/commands.txt (name, tab, the command shell-quoted), which tests/unit/test_gpu_checks_commands.py checks on CPU.
+# $RUN_DIR/commands.txt (name, tab, the command shell-quoted), which tests/unit/test_gpu_checks_commands.py checks on CPU.
 #
 # Expects megatron-core importable. On the lent device (torch present, megatron-core not): download the cp312 wheel
 # here into the git-ignored .whl/ (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -21,36 +23,59 @@
 #   OUT=$OUT BUDGET_S=560 bash scripts/gpu_checks.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/gpu_checks}
+RUN_DIR=${RUN_DIR:-runs/gpu_checks}
+OUT=${OUT:-}
 BUDGET_S=${BUDGET_S:-560}  # leave the device call's own limit (600 s) some slack for copying $OUT back
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
 START=$(date +%s)
 DRY=${DRY_RUN:+1}
+# a previous run's files are kept beside, not mixed into this run's results
+if [[ -z $DRY && -d $RUN_DIR && -n "$(ls -A "$RUN_DIR")" ]]; then mv "$RUN_DIR" "$RUN_DIR.prev-$START"; fi
+mkdir -p "$RUN_DIR"
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+# the steps say `python`; an image may name its interpreter python3 only
+if [[ -z $DRY ]] && ! command -v python > /dev/null && command -v python3 > /dev/null; then
+  SHIM=$(mktemp -d) && ln -s "$(command -v python3)" "$SHIM/python" && export PATH=$SHIM:$PATH
+fi
+# pack: RUN_DIR -> $OUT/gpu_checks.tar.gz and $OUT/summary.txt, each written to a temporary name, then renamed
+pack() {
+  [[ -n $OUT && -z $DRY ]] || return 0
+  mkdir -p "$OUT"
+  local parent base
+  parent=$(dirname "$RUN_DIR"); base=$(basename "$RUN_DIR")
+  (cd "$parent" && find "$base" -type f -size -8M -print0 | tar -czf - --null -T -) > "$OUT/gpu_checks.tar.gz.partial" &&
+    mv -f "$OUT/gpu_checks.tar.gz.partial" "$OUT/gpu_checks.tar.gz"
+  if [[ -f $RUN_DIR/summary.txt ]]; then
+    cp "$RUN_DIR/summary.txt" "$OUT/summary.txt.partial" && mv -f "$OUT/summary.txt.partial" "$OUT/summary.txt"
+  fi
+}
+
 if [[ -n $DRY ]]; then
-  : > "$OUT/commands.txt"
+  : > "$RUN_DIR/commands.txt"
 else
-  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+  : > "$RUN_DIR/summary.txt"
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$RUN_DIR/gpu.txt"
+  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$RUN_DIR/gpu.txt"
+  pack
 fi
 
-# step NAME MAX_SECONDS CMD...: runs CMD with its output in $OUT/NAME.log, limited to MAX_SECONDS and to what is
+# step NAME MAX_SECONDS CMD...: runs CMD with its output in $RUN_DIR/NAME.log, limited to MAX_SECONDS and to what is
 # left of BUDGET_S; skipped (and said so) when under 20 s of the budget are left. Records NAME: rc and seconds in summary.txt.
 step() {
   local name=$1 max=$2; shift 2
   if [[ -n "${STEPS:-}" && "$STEPS" != *"${name:0:1}"* ]]; then return; fi  # STEPS=fg: only those steps
-  if [[ -n $DRY ]]; then printf '%s\t%s\n' "$name" "$(printf '%q ' "$@")" >> "$OUT/commands.txt"; return; fi
+  if [[ -n $DRY ]]; then printf '%s\t%s\n' "$name" "$(printf '%q ' "$@")" >> "$RUN_DIR/commands.txt"; return; fi
   local left=$(( BUDGET_S - ($(date +%s) - START) ))
   local limit=$(( max < left ? max : left ))
   if (( left < 20 )); then
-    echo "$name: skipped (${left}s of the budget left)" | tee -a "$OUT/summary.txt"; return
+    echo "$name: skipped (${left}s of the budget left)" | tee -a "$RUN_DIR/summary.txt"; pack; return
   fi
-  echo "== $name (limit ${limit}s)" | tee "$OUT/$name.log"
+  echo "== $name (limit ${limit}s)" | tee "$RUN_DIR/$name.log"
   local t0=$(date +%s)
-  timeout --kill-after=5 "$limit" "$@" >> "$OUT/$name.log" 2>&1
+  timeout --kill-after=5 "$limit" "$@" >> "$RUN_DIR/$name.log" 2>&1
   local rc=$?
-  echo "$name: rc=$rc ($(( $(date +%s) - t0 ))s)" | tee -a "$OUT/summary.txt"
-  tail -n 25 "$OUT/$name.log"
+  echo "$name: rc=$rc ($(( $(date +%s) - t0 ))s)" | tee -a "$RUN_DIR/summary.txt"
+  tail -n 25 "$RUN_DIR/$name.log"
+  pack
 }
 
 # (a) JIT build + op tests in bf16
@@ -58,9 +83,9 @@ OP_TESTS=$(ls tests/gpu/test_ops*.py 2>/dev/null)
 if [[ -n "$OP_TESTS" ]]; then
   step a_ops 150 python -m pytest -q -p no:cacheprovider $OP_TESTS
 else
-  echo "a_ops: no tests/gpu/test_ops*.py in this checkout" | tee -a "$OUT/summary.txt"
+  echo "a_ops: no tests/gpu/test_ops*.py in this checkout" | tee -a "$RUN_DIR/summary.txt"
 fi
-[[ -n $DRY ]] || python -m megatron_llm.cli ops > "$OUT/a_ops_status.txt" 2>&1 || true
+[[ -n $DRY ]] || python -m megatron_llm.cli ops > "$RUN_DIR/a_ops_status.txt" 2>&1 || true
 
 # (b) fused vs local, 20 bf16 iterations on the 1.1B layer shape (4 layers to keep it short), same mock data
 SHAPE=(--recipe tinyllama-1.1b --num-layers 4 --mock-data --tokenizer-type NullTokenizer --bf16 --eval-interval 0
@@ -68,10 +93,10 @@ SHAPE=(--recipe tinyllama-1.1b --num-layers 4 --mock-data --tokenizer-type NullT
        --nproc-per-node 1 --seed 1234)
 # local = megatron-core's modules unfused (the reference; its own fusions need the extension modules of (a))
 step b_local 100 python -m megatron_llm.cli train "${SHAPE[@]}" --transformer-impl local --no-masked-softmax-fusion \
-  --no-bias-swiglu-fusion --no-gradient-accumulation-fusion --tensorboard-dir "$OUT/b_local/tb"
+  --no-bias-swiglu-fusion --no-gradient-accumulation-fusion --tensorboard-dir "$RUN_DIR/b_local/tb"
 step b_fused 100 python -m megatron_llm.cli train "${SHAPE[@]}" --transformer-impl fused --cross-entropy-loss-fusion \
-  --tensorboard-dir "$OUT/b_fused/tb"
-step b_compare 20 python - "$OUT" <<'EOF'
+  --tensorboard-dir "$RUN_DIR/b_fused/tb"
+step b_compare 20 python - "$RUN_DIR" <<'EOF'
 import sys
 from pathlib import Path
 sys.path.insert(0, "tests/distributed")
@@ -87,7 +112,7 @@ EOF
 
 # (c) the 1.1B benchmark: fused, local, HF eager
 step c_bench 240 python bench/train_throughput.py --stacks fused,local,hf-eager --no-ops --no-compile \
-  --json "$OUT/c_bench.json"
+  --json "$RUN_DIR/c_bench.json"
 
 # (d) CUDA training and profiler tests
 GPU_TESTS=$(ls tests/gpu/test_*.py | grep -v -e '/test_ops' -e '/test_linear_attention')
@@ -96,19 +121,20 @@ step d_gpu_tests 120 python -m pytest -q -p no:cacheprovider $GPU_TESTS
 # (e) the same with 8 micro-batches per optimizer step (a real run's gradient accumulation amortises the
 # optimizer), then the compiled baseline + op microbenchmarks
 step e_bench_accum 150 python bench/train_throughput.py --stacks fused,hf-eager --micro-batches 8 --no-ops \
-  --no-compile --json "$OUT/e_bench_accum.json"
+  --no-compile --json "$RUN_DIR/e_bench_accum.json"
 step e_bench_compiled 200 python bench/train_throughput.py --stacks hf-compiled --ops --compile \
-  --json "$OUT/e_bench.json"
+  --json "$RUN_DIR/e_bench.json"
 
 # (f) issue 14: planner memory model vs measured peak memory (tinyllama-1.1b at MBS 1/2/4, with and without full
 # recompute, within 10%), plan --calibrate on this GPU, and this machine's topology as a fixture candidate
-step f_planner_memory 240 python bench/planner_memory_gpu.py --out "$OUT/planner_memory"
-step f_calibrate 60 env MEGATRON_LLM_HOME="$OUT" python -m megatron_llm.cli plan --calibrate
-[[ -n $DRY ]] || nvidia-smi topo -m > "$OUT/nvidia_smi_topo.txt" 2>&1
-step f_topo 30 sh -c "python -m megatron_llm.cli topo && python -m megatron_llm.cli topo --json > '$OUT/topo.json'"
+step f_planner_memory 240 python bench/planner_memory_gpu.py --out "$RUN_DIR/planner_memory"
+step f_calibrate 60 env MEGATRON_LLM_HOME="$RUN_DIR" python -m megatron_llm.cli plan --calibrate
+[[ -n $DRY ]] || nvidia-smi topo -m > "$RUN_DIR/nvidia_smi_topo.txt" 2>&1
+step f_topo 30 sh -c "python -m megatron_llm.cli topo && python -m megatron_llm.cli topo --json > '$RUN_DIR/topo.json'"
 
 # (g) issue 16: lightning attention in bf16 vs the reference; TransNormer vs Llama tokens/s at seq 2k/8k/32k
 step g_linear_attention 90 python -m pytest -q -p no:cacheprovider tests/gpu/test_linear_attention_gpu.py
-step g_transnormer_bench 240 python bench/transnormer_throughput.py --iters 6 --out "$OUT/transnormer_throughput.md"
+step g_transnormer_bench 240 python bench/transnormer_throughput.py --iters 6 --out "$RUN_DIR/transnormer_throughput.md"
 
-[[ -n $DRY ]] || echo "total $(( $(date +%s) - START ))s" | tee -a "$OUT/summary.txt"
+[[ -n $DRY ]] || echo "total $(( $(date +%s) - START ))s" | tee -a "$RUN_DIR/summary.txt"
+pack

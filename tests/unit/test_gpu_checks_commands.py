@@ -7,9 +7,11 @@ files exist and import."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,14 +24,15 @@ STEP_ORDER = "abcdefg"  # most important first: the op tests, fused vs local, th
 
 
 def _commands(tmp_path) -> list:
-    out = tmp_path / "out"
+    run, out = tmp_path / "run", tmp_path / "out"
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_checks.sh")], env={"PATH": "/usr/bin:/bin",
-                          "DRY_RUN": "1", "OUT": str(out)}, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+                          "DRY_RUN": "1", "RUN_DIR": str(run), "OUT": str(out)}, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["commands.txt"], "a dry run must not run anything"
+    assert sorted(p.name for p in run.iterdir()) == ["commands.txt"], "a dry run must not run anything"
+    assert not out.exists()
     rows = []
-    for line in (out / "commands.txt").read_text().splitlines():
+    for line in (run / "commands.txt").read_text().splitlines():
         name, cmd = line.split("\t")
         rows.append((name, shlex.split(cmd)))
     return rows
@@ -103,3 +106,77 @@ def test_bench_flags_parse_and_their_gpu_train_commands_pass(commands, tmp_path)
     for seq in a.seqs:
         for arch in ("llama", "transnormer"):
             _check_train(tn.train_args(arch, seq, a.iters, "cuda", a.tokens_per_iter, str(tmp_path / arch)))
+
+
+# Stand-ins for the GPU machine's tools: every step "runs" at once. The fake python kills the script when it is asked
+# to run the step named in $KILL_AT, as the device tool does to a call that outruns its limit.
+FAKE_PYTHON = """#!/bin/bash
+cat > /dev/null
+echo "fake python $*"
+if [[ -n "${KILL_AT:-}" && "$*" == *"$KILL_AT"* ]]; then kill -KILL "$(cat "$SCRIPT_PID")"; exit 1; fi
+"""
+
+
+def _fake_run(tmp_path, **env):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(FAKE_PYTHON)
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'name, memory.total'\necho 'NVIDIA H200, 143771 MiB'\n")
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    run, out, pid = tmp_path / "run", tmp_path / "out", tmp_path / "script.pid"
+    script = REPO / "scripts" / "gpu_checks.sh"
+    proc = subprocess.run(["bash", "-c", f'echo $$ > {pid}; exec bash {script}'], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL,
+                          env={"PATH": f"{fake}:/usr/bin:/bin", "RUN_DIR": str(run), "OUT": str(out),
+                               "SCRIPT_PID": str(pid), **env})
+    return proc, run, out
+
+
+def _returned(out: Path) -> dict:
+    """What the device tool brings back from $OUT: at most 8 plain files, 2 folders down, plainly named."""
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8, files
+    for p in files:
+        rel = p.relative_to(out)
+        assert len(rel.parts) <= 3 and all(re.fullmatch(r"[A-Za-z0-9._-]+", part) for part in rel.parts), rel
+        assert p.stat().st_size <= 16 << 20
+    return {str(p.relative_to(out)): p for p in files}
+
+
+def test_a_whole_run_comes_back_in_two_files(commands, tmp_path):
+    proc, run, out = _fake_run(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    got = _returned(out)
+    assert sorted(got) == ["gpu_checks.tar.gz", "summary.txt"]
+    names = [name for name, _ in commands]
+    summary = got["summary.txt"].read_text()
+    assert [line.split(":")[0] for line in summary.splitlines()[:-1]] == names and summary.startswith(names[0])
+    assert summary.splitlines()[-1].startswith("total ")
+    with tarfile.open(got["gpu_checks.tar.gz"]) as tar:
+        packed = set(tar.getnames())
+    assert {f"run/{name}.log" for name in names} | {"run/summary.txt", "run/gpu.txt"} <= packed
+    assert (run / "c_bench.log").read_text().count("fake python bench/train_throughput.py") == 1
+
+
+def test_a_call_cut_short_brings_back_the_steps_that_ended(tmp_path):
+    proc, run, out = _fake_run(tmp_path, KILL_AT="bench/train_throughput.py")  # killed in step (c)
+    assert proc.returncode == -9, proc.returncode
+    got = _returned(out)
+    assert sorted(got) == ["gpu_checks.tar.gz", "summary.txt"]  # no partial file left by the kill
+    assert [line.split(":")[0] for line in got["summary.txt"].read_text().splitlines()] == \
+        ["a_ops", "b_local", "b_fused", "b_compare"]
+    with tarfile.open(got["gpu_checks.tar.gz"]) as tar:
+        assert "fake python - " in tar.extractfile("run/b_compare.log").read().decode()
+
+
+def test_a_previous_runs_files_are_kept_beside(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.txt").write_text("a_ops: rc=0 (1s)\n")
+    proc, run, out = _fake_run(tmp_path, STEPS="a")
+    assert proc.returncode == 0
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("run.prev-")]
+    assert len(kept) == 1 and (kept[0] / "summary.txt").read_text() == "a_ops: rc=0 (1s)\n"
+    lines = (run / "summary.txt").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("a_ops: rc=0 (") and lines[1].startswith("total ")
