@@ -1,7 +1,8 @@
 """The `fused` layer spec: megatron-core's local spec with SDPA core attention and our fused ops.
 
 Where the ops go:
-- RMSNorm: the spec's norm modules (ops.modules.RMSNorm).
+- RMSNorm: the spec's norm modules (ops.modules.RMSNorm); the pre-MLP one also adds the attention's residual
+  (models/fused_residual_layer.py).
 - core attention: the spec's core_attention (models/sdpa_attention.py).
 - RoPE, SwiGLU, cross entropy: megatron-core looks these up in module-level slots when its own switches are on
   (apply_rope_fusion -> rope_utils.fused_apply_rotary_pos_emb, which is TE's or None; bias_activation_fusion ->
@@ -70,13 +71,17 @@ def norm_module():
 
 
 def fused_layer_spec():
-    """megatron-core's local GPT layer spec with SDPA core attention and our RMSNorm."""
+    """megatron-core's local GPT layer spec with SDPA core attention, our RMSNorm, and the attention's residual add
+    fused into the pre-MLP norm."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
+    from megatron_llm.models.fused_residual_layer import FusedResidualTransformerLayer
     from megatron_llm.models.sdpa_attention import SDPACoreAttention
+    from megatron_llm.ops.modules import FusedResidualRMSNorm
 
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.module = FusedResidualTransformerLayer
     spec.submodules.input_layernorm = norm_module()
-    spec.submodules.pre_mlp_layernorm = norm_module()
+    spec.submodules.pre_mlp_layernorm = FusedResidualRMSNorm
     spec.submodules.self_attention.submodules.core_attention = SDPACoreAttention
     return spec

@@ -30,7 +30,10 @@ class RMSNorm(torch.nn.Module):
 
 
 class FusedResidualRMSNorm(RMSNorm):
-    """forward(x, residual) -> (rms_norm(x + residual), x + residual): the residual add fused into the norm."""
+    """forward(x, residual) -> (rms_norm(x + residual), x + residual): the residual add fused into the norm;
+    forward(x) is the plain norm."""
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor):  # type: ignore[override]
+    def forward(self, x: torch.Tensor, residual=None):
+        if residual is None:
+            return rms_norm(x, self._gamma(), self.eps)
         return rms_norm_residual(x, residual, self._gamma(), self.eps)
