@@ -70,6 +70,12 @@ def test_swiglu(dtype):
     _check(ops.swiglu, reference.swiglu, [x], dtype)
 
 
+def test_swiglu_more_rows_than_the_grid_and_odd_width():
+    # 70,001 rows: past the grid's 65,535 rows, so blocks stride over rows; 601 columns: a partial column block
+    x = torch.randn(70001, 2 * 601, device="cuda").to(torch.bfloat16)
+    _check(ops.swiglu, reference.swiglu, [x], torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy_padded_vocab_and_memory(dtype):
     logits = (3 * torch.randn(2048, 4, 32128, device="cuda")).to(dtype)
