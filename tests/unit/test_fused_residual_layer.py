@@ -6,23 +6,12 @@ norm does not hold (layernorm recompute: built here, run only with Transformer E
 megatron-core's own add; and a norm asked of another tensor than the sum is computed afresh.
 One fresh CPU process (it initialises megatron-core's parallel state)."""
 
-import subprocess
-import sys
-import textwrap
+from megatron_process import run
 
 
 def test_fused_residual_layer_matches_megatron_transformer_layer():
-    code = textwrap.dedent("""
-        import copy, os, torch
-        from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-        from megatron_llm.parallel import cpu_emulation
-        cpu_emulation.activate()
-        import torch.distributed as dist
-        dist.init_process_group("gloo")
-        from megatron.core import parallel_state, tensor_parallel
-        parallel_state.initialize_model_parallel()
-        tensor_parallel.model_parallel_cuda_manual_seed(1)
+    proc = run("""
+        import copy
         from megatron.core.transformer import TransformerConfig
         from megatron.core.transformer.spec_utils import build_module
         from megatron.core.transformer.transformer_layer import TransformerLayer
@@ -47,7 +36,7 @@ def test_fused_residual_layer_matches_megatron_transformer_layer():
                                      masked_softmax_fusion=False, bias_activation_fusion=False,
                                      params_dtype=torch.float64, layernorm_epsilon=1e-5, **extra)
 
-        def run(layer, x, grad, seed):
+        def forward_backward(layer, x, grad, seed):
             x = x.detach().clone().requires_grad_()
             torch.manual_seed(seed)
             out, _ = layer(x, attention_mask=None)
@@ -76,9 +65,9 @@ def test_fused_residual_layer_matches_megatron_transformer_layer():
             grad = torch.randn(s, b_, 24, generator=g, dtype=torch.float64)
             ours.train(); ref.train()
             calls.clear()
-            got = run(ours, x, grad, seed=10 + cases)
+            got = forward_backward(ours, x, grad, seed=10 + cases)
             assert calls == [True], calls  # the fused add + norm made the pre-MLP norm, once
-            want = run(ref, x, grad, seed=10 + cases)
+            want = forward_backward(ref, x, grad, seed=10 + cases)
             assert len(got) == len(want)
             for a, r in zip(got, want):
                 torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
@@ -101,6 +90,4 @@ def test_fused_residual_layer_matches_megatron_transformer_layer():
         torch.testing.assert_close(out, modules.rms_norm(other, layer.pre_mlp_layernorm.weight, 1e-5))
         print("cases", cases)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
     assert "cases 3" in proc.stdout

@@ -2,24 +2,11 @@
 inputs, same outputs and gradients in fp64 (causal, no mask, GQA, odd sizes, non-contiguous inputs); and a clear
 error for what it does not support. One fresh CPU process (it initialises megatron-core's parallel state)."""
 
-import subprocess
-import sys
-import textwrap
+from megatron_process import run
 
 
 def test_sdpa_matches_megatron_dot_product_attention():
-    code = textwrap.dedent("""
-        import os, torch
-        from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-        from megatron_llm.parallel import cpu_emulation
-        cpu_emulation.activate()
-        import torch.distributed as dist
-        dist.init_process_group("gloo")
-        from megatron.core import parallel_state
-        parallel_state.initialize_model_parallel()
-        from megatron.core import tensor_parallel
-        tensor_parallel.model_parallel_cuda_manual_seed(1)
+    proc = run("""
         from megatron.core.transformer import TransformerConfig
         from megatron.core.transformer.dot_product_attention import DotProductAttention
         from megatron.core.transformer.enums import AttnMaskType
@@ -75,6 +62,4 @@ def test_sdpa_matches_megatron_dot_product_attention():
             raise AssertionError("no error for an unsupported mask type at construction")
         print("cases", cases)
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
     assert "cases 6" in proc.stdout
