@@ -354,19 +354,28 @@ def main(argv=None) -> int:
             "micro_batches": a.micro_batches, "iterations": iters, "warmup": warmup,
             "command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:]))}
     results: Dict[str, Dict[str, Any]] = {}
+    ops_rows: List[Dict[str, Any]] = []
+
+    def save(complete: bool) -> None:
+        # after every stack, so a run stopped part way (a device call's time limit) keeps the stacks that finished
+        if a.json:
+            from megatron_llm.fileio import atomic_write_text
+
+            atomic_write_text(a.json, json.dumps({"meta": dict(meta, complete=complete), "stacks": results,
+                                                  "ops": ops_rows}, indent=1))
+
     for s in stacks:
         print(f"== {s}", file=sys.stderr, flush=True)
         if s in MEGATRON_FLAGS:
             results[s] = run_megatron(s, a.tiny, device, mbs, iters, warmup, a.timeout, a.micro_batches)
         else:
             results[s] = run_hf(s == "hf-compiled", a.tiny, device, mbs, iters, warmup, peak, a.micro_batches)
+        print(f"{s}: {json.dumps(results[s])}", file=sys.stderr, flush=True)
+        save(complete=False)
     ops_rows = run_op_benchmarks(a.tiny, device, compile_, reps=3 if a.tiny else 10) if a.ops else []
     report = format_report(meta, results, ops_rows)
     print(report, flush=True)
-    if a.json:
-        from megatron_llm.fileio import atomic_write_text
-
-        atomic_write_text(a.json, json.dumps({"meta": meta, "stacks": results, "ops": ops_rows}, indent=1))
+    save(complete=True)
     return 0
 
 

@@ -19,6 +19,7 @@ def test_tiny_bench_runs_and_reports(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     meta = res["meta"]
+    assert meta["complete"] is True
     # Hand-computed model FLOPs per token of the tiny shape (DESIGN.md section 4's formula, full attention):
     # L=2, h=64, kv=2 groups x 16 = 32, f=128, s=64, V=512
     L, h, kv, f, s, V = 2, 64, 32, 128, 64, 512
@@ -41,3 +42,23 @@ def test_tiny_bench_runs_and_reports(tmp_path):
             r = ops[(op, impl)]
             assert "error" not in r, r
             assert r["fwd_gbps"] == pytest.approx(r["bytes"] / (r["fwd_ms"] / 1e3) / 1e9)
+
+
+def test_a_run_stopped_part_way_keeps_the_stacks_that_finished(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train_throughput", REPO / "bench" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = {"step_time_s": 1.0, "tokens_per_s": 2.0}
+
+    def stopped(*_a, **_k):  # the second stack never ends: the device call's time limit stops the process
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_megatron", lambda *a, **k: dict(row))
+    monkeypatch.setattr(bench, "run_hf", stopped)
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--tiny", "--stacks", "fused,hf-eager,local", "--no-ops", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert res["meta"]["complete"] is False and res["stacks"] == {"fused": row}
