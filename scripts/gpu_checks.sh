@@ -3,7 +3,7 @@
 # Every step writes its logs and results under $RUN_DIR (default runs/gpu_checks). At most 8 files come back from
 # the device tool's $OUT, so when OUT is set the script puts two there, rewritten (atomically) as soon as each step
 # ends, so that a call cut short still brings back what finished: summary.txt (a line per step: rc, seconds) and
-# gpu_checks.tar.gz (all of $RUN_DIR; files over 8 MB left out). Unpack: tar -xzf gpu_checks.tar.gz. Steps:
+# gpu_checks.tar.gz (all of $RUN_DIR; files over 8 MiB left out, named in its left_out.txt). Steps:
 #   (a) JIT build of csrc/ + the op tests against the CPU/torch references in bf16 (tests/gpu/test_ops*.py)
 #   (b) 20 training iterations, fused spec vs local spec, same data: losses within bf16 tolerance
 #   (c) the 1.1B benchmark: fused, megatron-core local, HF eager (bench/train_throughput.py)
@@ -14,7 +14,8 @@
 #   (g) lightning attention bf16 vs reference, TransNormer vs Llama tokens/s by sequence length (issue 16)
 # A 10-minute call reaches (f)/(g) only when the earlier steps are quick: run them in a second call with STEPS=fg
 # (STEPS lists the step letters to run; default all). DRY_RUN=1 runs nothing: each step's command line goes to
-# $RUN_DIR/commands.txt (name, tab, the command shell-quoted), which tests/unit/test_gpu_checks_commands.py checks on CPU.
+# $RUN_DIR/commands.txt (name, tab, the command shell-quoted), which tests/unit/test_gpu_checks_commands.py
+# checks on CPU.
 #
 # Expects megatron-core importable. On the lent device (torch present, megatron-core not): download the cp312 wheel
 # here into the git-ignored .whl/ (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -42,7 +43,9 @@ pack() {
   mkdir -p "$OUT"
   local parent base
   parent=$(dirname "$RUN_DIR"); base=$(basename "$RUN_DIR")
-  (cd "$parent" && find "$base" -type f -size -8M -print0 | tar -czf - --null -T -) > "$OUT/gpu_checks.tar.gz.partial" &&
+  # a file too big to come back is named, not dropped silently
+  (cd "$parent" && find "$base" -type f -size +8388608c ! -name left_out.txt > "$base/left_out.txt" &&
+    find "$base" -type f ! -size +8388608c -print0 | tar -czf - --null -T -) > "$OUT/gpu_checks.tar.gz.partial" &&
     mv -f "$OUT/gpu_checks.tar.gz.partial" "$OUT/gpu_checks.tar.gz"
   if [[ -f $RUN_DIR/summary.txt ]]; then
     cp "$RUN_DIR/summary.txt" "$OUT/summary.txt.partial" && mv -f "$OUT/summary.txt.partial" "$OUT/summary.txt"
@@ -54,12 +57,14 @@ if [[ -n $DRY ]]; then
 else
   : > "$RUN_DIR/summary.txt"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$RUN_DIR/gpu.txt"
-  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$RUN_DIR/gpu.txt"
+  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" |
+    tee -a "$RUN_DIR/gpu.txt"
   pack
 fi
 
 # step NAME MAX_SECONDS CMD...: runs CMD with its output in $RUN_DIR/NAME.log, limited to MAX_SECONDS and to what is
-# left of BUDGET_S; skipped (and said so) when under 20 s of the budget are left. Records NAME: rc and seconds in summary.txt.
+# left of BUDGET_S; skipped (and said so) when under 20 s of the budget are left. Records NAME: rc and seconds in
+# summary.txt.
 step() {
   local name=$1 max=$2; shift 2
   if [[ -n "${STEPS:-}" && "$STEPS" != *"${name:0:1}"* ]]; then return; fi  # STEPS=fg: only those steps

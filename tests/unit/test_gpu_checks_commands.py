@@ -113,6 +113,7 @@ def test_bench_flags_parse_and_their_gpu_train_commands_pass(commands, tmp_path)
 FAKE_PYTHON = """#!/bin/bash
 cat > /dev/null
 echo "fake python $*"
+if [[ -n "${BIG:-}" ]]; then head -c 9000000 /dev/zero > "$RUN_DIR/big.bin"; fi  # a step's 9 MB output
 if [[ -n "${KILL_AT:-}" && "$*" == *"$KILL_AT"* ]]; then kill -KILL "$(cat "$SCRIPT_PID")"; exit 1; fi
 """
 
@@ -157,6 +158,14 @@ def test_a_whole_run_comes_back_in_two_files(commands, tmp_path):
         packed = set(tar.getnames())
     assert {f"run/{name}.log" for name in names} | {"run/summary.txt", "run/gpu.txt"} <= packed
     assert (run / "c_bench.log").read_text().count("fake python bench/train_throughput.py") == 1
+
+
+def test_a_file_too_big_to_come_back_is_named_in_the_archive(tmp_path):
+    proc, run, out = _fake_run(tmp_path, STEPS="a", BIG="1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with tarfile.open(_returned(out)["gpu_checks.tar.gz"]) as tar:
+        assert "run/big.bin" not in tar.getnames()
+        assert tar.extractfile("run/left_out.txt").read().decode().split() == ["run/big.bin"]
 
 
 def test_a_call_cut_short_brings_back_the_steps_that_ended(tmp_path):
