@@ -8,12 +8,15 @@ stopped, so a crash never leaves ranks hanging in a collective.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
 from typing import List, Optional
+
+from megatron_llm.launch.slurm_env import MASTER_PORT_BASE, MASTER_PORT_SPAN
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -28,8 +31,36 @@ def launched_externally() -> bool:
     return all(v in os.environ for v in LAUNCHER_VARS)
 
 
-def free_port(addr: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+# Below: Slurm jobs' master ports (slurm_env: one per job id, for jobs that share a node), then ports services use.
+LOWEST_PORT = MASTER_PORT_BASE + MASTER_PORT_SPAN
+
+
+def ephemeral_port_range(path: str = EPHEMERAL_RANGE_FILE) -> tuple:
+    """The ports the kernel hands to outgoing connections and bind(0); Linux's default when unreadable."""
+    try:
+        lo, hi = (int(v) for v in open(path).read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(addr: str = "127.0.0.1", range_file: str = EPHEMERAL_RANGE_FILE) -> int:
+    """A port free now and outside the kernel's ephemeral range. Rank 0 binds it seconds later (after importing
+    torch); a port from bind(0) lies in the ephemeral range, where any outgoing connection meanwhile (gloo opens
+    many) can take it, and rank 0 then dies with EADDRINUSE. Random, so concurrent callers rarely pick the same."""
+    lo, hi = ephemeral_port_range(range_file)
+    candidates = [r for r in (range(LOWEST_PORT, min(lo, 65536)), range(max(hi + 1, LOWEST_PORT), 65536)) if r]
+    rng = random.SystemRandom()
+    for _ in range(100 if candidates else 0):
+        port = rng.choice(rng.choices(candidates, weights=[len(r) for r in candidates])[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((addr, port))
+                return port
+            except OSError:
+                continue
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # every port outside the range is taken
         s.bind((addr, 0))
         return s.getsockname()[1]
 

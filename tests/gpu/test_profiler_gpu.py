@@ -6,12 +6,12 @@ exist and the GPU drew more power and ran a faster SM clock while training than 
 """
 
 import json
-import socket
 import time
 
 import pytest
 import torch
 
+from megatron_llm.launch.local import free_port
 from megatron_llm.training.callbacks import TrainCallback
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -56,12 +56,6 @@ def _idle_nvml(index, seconds=2.0):
     return min(power), min(clock), pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tinyllama_profile_matches_independent_timing(tmp_path, monkeypatch):
     from megatron_llm.config.arguments import build_config, parse_run_args
     from megatron_llm.profiling.callback import ProfilerCallback
@@ -72,7 +66,7 @@ def test_tinyllama_profile_matches_independent_timing(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     idle_power, idle_clock, max_clock = _idle_nvml(nvml_index_for_cuda_device(0))
 
     # MBS 2: DESIGN.md section 4 measured megatron-core's local spec at 63.9 GB there (MBS 4 ran out of memory).

@@ -4,7 +4,6 @@ full-vocabulary log-softmax (two gloo ranks, padded vocabulary), forward and gra
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,15 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megatron_llm import ops
+from megatron_llm.launch.local import free_port
 from megatron_llm.ops import cross_entropy, reference
 
 from ops_helpers import TOL, backend, compare  # noqa: F401  (fixture)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -29,7 +23,7 @@ def single_rank_megatron_ce(monkeypatch):
     from megatron.core.tensor_parallel import cross_entropy as mce
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     monkeypatch.setattr(mce, "get_tensor_model_parallel_group", lambda: dist.group.WORLD)
     monkeypatch.setattr(mce, "get_tensor_model_parallel_rank", lambda: 0)
     monkeypatch.setattr(mce, "get_tensor_model_parallel_world_size", lambda: 1)
@@ -89,7 +83,7 @@ def _tp2_worker(rank, port, use_ext, results):
 @pytest.mark.parametrize("use_ext", [False, True])
 def test_two_shards_equal_the_full_vocabulary(use_ext):
     results = mp.Manager().dict()
-    mp.spawn(_tp2_worker, args=(_free_port(), use_ext, results), nprocs=2, join=True)
+    mp.spawn(_tp2_worker, args=(free_port(), use_ext, results), nprocs=2, join=True)
     g = torch.Generator().manual_seed(5)
     full = torch.randn(6, 2, 48, generator=g, dtype=torch.float64).requires_grad_(True)
     target = torch.randint(0, 40, (6, 2), generator=g)
