@@ -1,12 +1,12 @@
 """On a CUDA machine the same trainer runs with NCCL and no emulation (run on the H100; skipped without CUDA)."""
 
 import os
-import socket
 import sys
 
 import pytest
 import torch
 
+from megatron_llm.launch.local import free_port
 from megatron_llm.training.callbacks import TrainCallback
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -28,9 +28,7 @@ def test_cuda_run_uses_nccl_and_no_emulation(monkeypatch, tmp_path):
     from megatron_llm.config.arguments import build_config, parse_run_args
     from megatron_llm.training.pretrain import pretrain
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
         monkeypatch.setenv(k, v)
     args, values = parse_run_args([

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ sys.path.insert(0, str(ROOT / "tests" / "distributed"))
 from trainrun import MODEL, VOCAB  # noqa: E402
 
 from megatron_llm.exit_codes import EXIT_CODE_REQUEUE  # noqa: E402
+from megatron_llm.launch.local import free_port  # noqa: E402
 
 
 def _catches(pid: int, sig: int) -> bool:
@@ -33,9 +33,7 @@ def _catches(pid: int, sig: int) -> bool:
 
 
 def test_warning_during_startup_is_kept_until_the_first_iteration(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # One rank launched from outside (as srun or torchrun would), so this process is the trainer itself.
     env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                MASTER_PORT=str(port), PYTHONWARNINGS="ignore")
