@@ -21,8 +21,6 @@ trap 'rm -rf "$BUILD"' EXIT
 export MEGATRON_LLM_EXT_DIR=$BUILD TORCH_CUDA_ARCH_LIST="8.0;9.0" PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 "$VENV/bin/python" - <<'PY'
-import sys
-
 import torch
 
 from megatron_llm.ops import build
@@ -32,7 +30,6 @@ ok, why = build.cuda_buildable()
 assert ok, f"the CUDA kernels would not be built: {why}"
 digest = build.source_hash(with_cuda=True)
 mod = build._jit(True, digest)  # not build.load(): a failed build raises here with the compiler's messages
-why = f"built in {build.build_dir(digest)}"
 assert mod.with_cuda(), "the extension was built without its CUDA kernels"
 # The CPU kernels of the CUDA build, against the formulas (the CUDA ones need a GPU: tests/gpu).
 x, w = torch.randn(37, 96, dtype=torch.float64), torch.randn(96, dtype=torch.float64)
@@ -41,5 +38,5 @@ assert torch.allclose(y, x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
 a, b = torch.randn(37, 2, 48, dtype=torch.float64).unbind(1)
 assert torch.allclose(mod.swiglu_fwd(torch.cat([a, b], -1)), torch.nn.functional.silu(a) * b)
 ops = sorted(n for n in dir(mod) if not n.startswith("_"))
-print(f"cuda_build_check: torch {torch.__version__}, {why}; sm_80 + sm_90; {len(ops)} functions: {' '.join(ops)}")
+print(f"cuda_build_check: torch {torch.__version__}, built in {build.build_dir(digest)}; sm_80 + sm_90; {len(ops)} functions: {' '.join(ops)}")
 PY
