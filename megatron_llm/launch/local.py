@@ -39,7 +39,8 @@ LOWEST_PORT = MASTER_PORT_BASE + MASTER_PORT_SPAN
 def ephemeral_port_range(path: str = EPHEMERAL_RANGE_FILE) -> tuple:
     """The ports the kernel hands to outgoing connections and bind(0); Linux's default when unreadable."""
     try:
-        lo, hi = (int(v) for v in open(path).read().split())
+        with open(path) as f:
+            lo, hi = (int(v) for v in f.read().split())
         return lo, hi
     except (OSError, ValueError):
         return 32768, 60999
@@ -50,17 +51,15 @@ def free_port(addr: str = "127.0.0.1", range_file: str = EPHEMERAL_RANGE_FILE) -
     torch); a port from bind(0) lies in the ephemeral range, where any outgoing connection meanwhile (gloo opens
     many) can take it, and rank 0 then dies with EADDRINUSE. Random, so concurrent callers rarely pick the same."""
     lo, hi = ephemeral_port_range(range_file)
-    candidates = [r for r in (range(LOWEST_PORT, min(lo, 65536)), range(max(hi + 1, LOWEST_PORT), 65536)) if r]
-    rng = random.SystemRandom()
-    for _ in range(100 if candidates else 0):
-        port = rng.choice(rng.choices(candidates, weights=[len(r) for r in candidates])[0])
+    candidates = [*range(LOWEST_PORT, min(lo, 65536)), *range(max(hi + 1, LOWEST_PORT), 65536)]
+    for port in random.SystemRandom().sample(candidates, min(100, len(candidates))):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((addr, port))
                 return port
             except OSError:
                 continue
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # every port outside the range is taken
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # none outside the range (of 100 tried) is free
         s.bind((addr, 0))
         return s.getsockname()[1]
 
