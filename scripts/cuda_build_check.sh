@@ -38,5 +38,6 @@ assert torch.allclose(y, x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
 a, b = torch.randn(37, 2, 48, dtype=torch.float64).unbind(1)
 assert torch.allclose(mod.swiglu_fwd(torch.cat([a, b], -1)), torch.nn.functional.silu(a) * b)
 ops = sorted(n for n in dir(mod) if not n.startswith("_"))
-print(f"cuda_build_check: torch {torch.__version__}, built in {build.build_dir(digest)}; sm_80 + sm_90; {len(ops)} functions: {' '.join(ops)}")
+print(f"cuda_build_check: torch {torch.__version__}, built in {build.build_dir(digest)}; sm_80 + sm_90;",
+      f"{len(ops)} functions: {' '.join(ops)}")
 PY

@@ -44,8 +44,9 @@ pack() {
   local parent base
   parent=$(dirname "$RUN_DIR"); base=$(basename "$RUN_DIR")
   # a file too big to come back is named, not dropped silently
-  (cd "$parent" && find "$base" -type f -size +8388608c ! -name left_out.txt > "$base/left_out.txt" &&
-    find "$base" -type f ! -size +8388608c -print0 | tar -czf - --null -T -) > "$OUT/gpu_checks.tar.gz.partial" &&
+  local big="+$(( 8 << 20 ))c"
+  (cd "$parent" && find "$base" -type f -size "$big" ! -name left_out.txt > "$base/left_out.txt" &&
+    find "$base" -type f ! -size "$big" -print0 | tar -czf - --null -T -) > "$OUT/gpu_checks.tar.gz.partial" &&
     mv -f "$OUT/gpu_checks.tar.gz.partial" "$OUT/gpu_checks.tar.gz"
   if [[ -f $RUN_DIR/summary.txt ]]; then
     cp "$RUN_DIR/summary.txt" "$OUT/summary.txt.partial" && mv -f "$OUT/summary.txt.partial" "$OUT/summary.txt"
