@@ -33,7 +33,12 @@ int dtype_code(const at::Tensor& t) {
 
 at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
-#ifndef MLLM_NO_CUDA
+#if defined(MLLM_EMULATED_CUDA)
+// tests only (tests/cuda_emulation/): CPU tensors go to the CUDA launchers, built for a CPU emulation of CUDA
+#define MLLM_CALL(t, fn, ...) ::mllm::cuda::fn(__VA_ARGS__, nullptr)
+#define MLLM_CUDA_KERNELS(t) true
+#elif !defined(MLLM_NO_CUDA)
+#define MLLM_CUDA_KERNELS(t) (t).is_cuda()
 #define MLLM_CALL(t, fn, ...)                                                          \
   do {                                                                                 \
     if ((t).is_cuda()) {                                                               \
@@ -44,6 +49,7 @@ at::ScalarType acc_type(const at::Tensor& t) { return t.scalar_type() == at::kDo
     }                                                                                  \
   } while (0)
 #else
+#define MLLM_CUDA_KERNELS(t) false
 #define MLLM_CALL(t, fn, ...)                                                                         \
   do {                                                                                                \
     TORCH_CHECK(!(t).is_cuda(), "megatron_llm ops: this extension was built without CUDA");           \
@@ -98,7 +104,7 @@ std::vector<at::Tensor> rms_norm_bwd(const at::Tensor& g_, const at::Tensor& x_,
   at::Tensor w = weight.to(acc_type(x)).contiguous();
   at::Tensor dx = at::empty_like(x);
   // fixed number of partial weight-gradient rows: the sum order does not depend on the thread count
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(rows, x.is_cuda() ? 512 : 32));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(rows, MLLM_CUDA_KERNELS(x) ? 512 : 32));
   at::Tensor dw_partial = at::zeros({parts, n}, x.options().dtype(acc_type(x)));
   MLLM_CALL(x, rms_norm_bwd, dtype_code(x), g.data_ptr(), x.data_ptr(), w.data_ptr(), rstd.contiguous().data_ptr(),
             dx.data_ptr(), dw_partial.data_ptr(), parts, rows, n);

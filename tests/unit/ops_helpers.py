@@ -1,5 +1,6 @@
 """Shared by the ops tests: run a case on each implementation (the torch reference, forced with
-MEGATRON_LLM_NO_EXT=1, and the extension's C++ CPU kernels) and compare values and gradients."""
+MEGATRON_LLM_NO_EXT=1, the extension's C++ CPU kernels, and its CUDA kernels run by the CPU emulation of
+tests/cuda_emulation) and compare values and gradients."""
 
 from __future__ import annotations
 
@@ -8,21 +9,40 @@ from typing import Callable, Sequence
 import pytest
 import torch
 
+from cuda_emulation import emulated_ext
 from megatron_llm.ops import build
 
-BACKENDS = ("torch", "ext")
+BACKENDS = ("torch", "ext", "emulated-cuda")
 
 # fp32 accumulation in both, differences come from the output rounding: a couple of ulps of the dtype
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10),
        torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=2e-3, rtol=2e-3)}
 
 
+def use_emulated_cuda(monkeypatch):
+    """From here on the ops run the CUDA kernels on the CPU emulation: build.load() returns that extension (still
+    none under MEGATRON_LLM_NO_EXT=1). Returns the module."""
+    monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
+    ext = emulated_ext.load()
+
+    def load():
+        if build.disabled():
+            return None, "MEGATRON_LLM_NO_EXT is set"
+        return ext, "CUDA kernels on the CPU emulation (tests/cuda_emulation)"
+
+    monkeypatch.setattr(build, "load", load)
+    return ext
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
-    """'torch': the reference path; 'ext': the C++ CPU kernels, which must build (a failed build fails the test)."""
+    """'torch': the reference path; 'ext': the C++ CPU kernels, which must build (a failed build fails the test);
+    'emulated-cuda': the CUDA kernels on the CPU emulation (the ops then find that extension as theirs)."""
     build.reset_for_tests()
     if request.param == "torch":
         monkeypatch.setenv("MEGATRON_LLM_NO_EXT", "1")
+    elif request.param == "emulated-cuda":
+        use_emulated_cuda(monkeypatch)
     else:
         monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
         ext, why = build.load()

@@ -1,20 +1,23 @@
-"""The csrc/ lightning-attention kernel (C++ CPU build) against the torch forms: forward and gradients, lengths that
+"""The csrc/ lightning-attention kernel (the C++ CPU build, and the CUDA kernel on the CPU emulation) against the torch forms: forward and gradients, lengths that
 are and are not multiples of the block, several decay rates, fp32/fp64 gradcheck, non-contiguous inputs, fallback."""
 
 import pytest
 import torch
 
 from megatron_llm.ops import build
+from ops_helpers import use_emulated_cuda
 from megatron_llm.ops.linear_attention import (linear_attention_lightning, linear_attention_lightning_torch,
                                                linear_attention_parallel, linear_attention_recurrent)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture
-def ext(monkeypatch):
+@pytest.fixture(params=("cpu-kernel", "emulated-cuda"))
+def ext(request, monkeypatch):
     monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
     build.reset_for_tests()
+    if request.param == "emulated-cuda":
+        use_emulated_cuda(monkeypatch)
     mod, why = build.load()
     assert mod is not None, f"the csrc extension did not build: {why}"
     yield mod
