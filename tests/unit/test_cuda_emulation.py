@@ -99,8 +99,8 @@ def test_unknown_cuda_construct_is_named():
 
 
 def _csrc_calls(g):
-    """Each csrc entry point on inputs with more rows (positions, problems) than the capped grid has blocks, and a
-    SwiGLU row wider than two blocks of columns."""
+    """Each csrc entry point on inputs with more rows (positions, problems) than the capped grid has blocks, a
+    SwiGLU row wider than two blocks of columns, and an RMSNorm row too wide for shared memory."""
     r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
     x, res, w = r(7, 300), r(7, 300), r(300)
     calls = {
@@ -108,6 +108,9 @@ def _csrc_calls(g):
         "add_rms_norm_fwd": lambda e: e.add_rms_norm_fwd(x, res, w, 1e-5),
         "rms_norm_bwd": lambda e: e.rms_norm_bwd(res, x, w, e.rms_norm_fwd(x, w, 1e-5)[1]),
     }
+    # rows over 40 KiB of fp32: the backward accumulates the weight gradient in global memory, not shared
+    xw, gw, ww = r(3, 10300), r(3, 10300), r(10300)
+    calls["rms_norm_bwd_wide"] = lambda e: e.rms_norm_bwd(gw, xw, ww, e.rms_norm_fwd(xw, ww, 1e-5)[1])
     t, angles = r(9, 2, 3, 16), r(9, 12)
     calls["rope_fwd"] = lambda e: e.rope_fwd(t, angles)
     calls["rope_bwd"] = lambda e: e.rope_bwd(t, angles)
