@@ -78,12 +78,7 @@ def load():
                 dest.write_text(text)
             if src.suffix == ".cu":
                 generated.append(dest)
-        # the torch-side sources (csrc's .cpp files and the selftest's binding) as one translation unit: each parses
-        # torch/extension.h for ~50 s of CPU on its own, together ~60 s (CI runs this build on 2 cores)
-        unity = kernels / "torch_side.cpp"
-        text = "".join(f'#include "{s}"\n' for s in build.sources(False) + [HERE / "selftest_bindings.cpp"])
-        if not unity.exists() or unity.read_text() != text:
-            unity.write_text(text)
+        unity = build.one_translation_unit(kernels, build.sources(False) + [HERE / "selftest_bindings.cpp"])
         # -U_FORTIFY_SOURCE: glibc's checked _longjmp refuses a jump onto another stack (a fiber's)
         cxx = build.compile_flags(False, digest)["extra_compile_args"]["cxx"] + ["-DMLLM_EMULATED_CUDA",
                                                                                  "-U_FORTIFY_SOURCE"]

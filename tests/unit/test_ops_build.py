@@ -3,6 +3,7 @@ and `megatron-llm ops` reports each op's implementation."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,21 @@ def test_source_hash_follows_every_source_and_header(tmp_path):
     assert build.source_hash(False, tmp_path) != first
     assert [p.name for p in build.sources(False, tmp_path)] == ["a.cpp"]
     assert [p.name for p in build.sources(True, tmp_path)] == ["a.cpp", "k.cu"]
+
+
+def test_one_translation_unit_includes_each_source_and_keeps_its_timestamp(tmp_path):
+    srcs = [tmp_path / "a.cpp", tmp_path / "sub" / "b.cpp"]
+    srcs[1].parent.mkdir()
+    for i, p in enumerate(srcs):
+        p.write_text(f"int v{i} = {i};\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    unit = build.one_translation_unit(out, srcs)
+    assert unit.read_text().splitlines() == [f'#include "{p.resolve()}"' for p in srcs]
+    os.utime(unit, (1, 1))
+    assert build.one_translation_unit(out, srcs).stat().st_mtime == 1  # unchanged: ninja sees nothing new
+    build.one_translation_unit(out, srcs[:1])
+    assert unit.read_text().splitlines() == [f'#include "{srcs[0].resolve()}"'] and unit.stat().st_mtime > 1
 
 
 def test_a_failed_build_falls_back_to_torch_with_the_reason(monkeypatch, tmp_path):
