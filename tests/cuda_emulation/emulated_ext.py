@@ -1,9 +1,10 @@
 """The csrc extension with its CUDA kernels compiled for the CPU emulation in include/mllm_cuda_emulation.h, so that
 CI runs the kernels' threads, warps, block reductions and launch configurations, not only the per-row arithmetic
-the C++ CPU kernels share with them. csrc/cuda/*.cu and *.cuh are copied into the build directory with each
-`kernel<<<grid, block, shared, stream>>>(args)` rewritten as `::mllm_emu::launch(::mllm_emu::Config(grid, block,
-shared, stream), kernel, args)`, `extern __shared__` arrays as the emulation's dynamic shared memory, `__shared__ T x[N]`
-as a per-block array of the emulation's and the CUDA headers as the emulation's; ops.cpp, built with MLLM_EMULATED_CUDA, sends CPU tensors to those launchers.
+the C++ CPU kernels share with them. csrc/cuda/*.cu and *.cuh (and selftest.cu, kernels with known faults) are
+copied into the build directory with each `kernel<<<grid, block, shared, stream>>>(args)` rewritten as
+`::mllm_emu::launch(::mllm_emu::Config(grid, block, shared, stream), kernel, args)`, `extern __shared__` arrays as
+the emulation's dynamic shared memory, `__shared__ T x[N]` as a per-block array of the emulation's and the CUDA
+headers as the emulation's; ops.cpp, built with MLLM_EMULATED_CUDA, sends CPU tensors to those launchers.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""The csrc/ lightning-attention kernel (the C++ CPU build, and the CUDA kernel on the CPU emulation) against the torch forms: forward and gradients, lengths that
-are and are not multiples of the block, several decay rates, fp32/fp64 gradcheck, non-contiguous inputs, fallback."""
+"""The csrc/ lightning-attention kernel (the C++ CPU build, and the CUDA kernel on the CPU emulation) against the
+torch forms: forward and gradients, lengths that are and are not multiples of the block, several decay rates,
+fp32/fp64 gradcheck, non-contiguous inputs, fallback."""
 
 import pytest
 import torch
 
 from megatron_llm.ops import build
-from ops_helpers import use_emulated_cuda
 from megatron_llm.ops.linear_attention import (linear_attention_lightning, linear_attention_lightning_torch,
                                                linear_attention_parallel, linear_attention_recurrent)
+from ops_helpers import use_emulated_cuda
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -1,5 +1,6 @@
-"""Each fused op, on the torch reference and on the C++ CPU kernels, against plain torch / megatron-core's unfused
-functions: forward and gradients, bf16/fp16/fp32, odd sizes, non-contiguous inputs, fp64 gradcheck."""
+"""Each fused op, on the torch reference, the C++ CPU kernels and the CUDA kernels on the CPU emulation
+(tests/cuda_emulation), against plain torch / megatron-core's unfused functions: forward and gradients,
+bf16/fp16/fp32, odd sizes, non-contiguous inputs, fp64 gradcheck."""
 
 from __future__ import annotations
 

@@ -1,15 +1,18 @@
 // A CPU emulation of the CUDA execution model, just enough for csrc/cuda/*.cu. Every thread of a block is a fiber
-// on the calling thread (its own stack, entered once with setcontext, switched with _setjmp/_longjmp: swapcontext
-// makes a signal-mask system call at every switch, which made the emulation several times slower); a scheduler resumes each runnable fiber once per round, in a new random order
-// each round, and the fiber runs until its next synchronisation point. __syncthreads holds a fiber until every
-// thread of its block is there; __shfl_xor_sync exchanges values between the 32 lanes of a warp, all of which must
-// be at it. Blocks run one after another, last block first. What this catches without a GPU: wrong indexing and
-// reductions across threads, warps and blocks; a missing barrier (a thread reading, in the same phase, what another
-// writes: the random order exposes it); barriers or shuffles that not every thread reaches; dynamic shared memory
-// read before it is written (each block's static and dynamic arrays start as 0xff bytes, a NaN); launch configurations a GPU refuses (block
-// and grid sizes, dynamic shared memory over the default 48 KiB). What it cannot: timing, memory coalescing, races
-// between blocks of one launch (they never overlap here). Test-only: tests/cuda_emulation/emulated_ext.py builds
-// the csrc extension against it (tests/unit/ops_helpers.py, backend 'emulated-cuda').
+// on the calling thread: its own stack, entered once with setcontext, then switched with _setjmp/_longjmp
+// (swapcontext makes a signal-mask system call at every switch, which made the emulation several times slower).
+// A fiber runs until its next synchronisation point: __syncthreads holds it until every thread of its block is
+// there; __shfl_xor_sync exchanges values between the 32 lanes of a warp, all of which must be at it. Warps are
+// resumed in rounds, lanes in a random order, and each block draws how its warps advance (run_block), so warps
+// drift apart as on a GPU. Blocks run one after another, last block first.
+// What this catches without a GPU: wrong indexing and reductions across threads, warps and blocks; a missing
+// barrier (a warp reading what another has not written yet, or has already overwritten); barriers or shuffles that
+// not every thread reaches; shared memory read before it is written (each block's static and dynamic arrays start
+// as 0xff bytes, a NaN); launch configurations a GPU refuses (block and grid sizes, dynamic shared memory over the
+// default 48 KiB); with MLLM_EMULATION_GRID_CAP, the second pass of grid-stride loops. What it cannot: timing,
+// coalescing, bank conflicts, races between blocks of one launch (they never overlap here). Test-only:
+// tests/cuda_emulation/emulated_ext.py builds the csrc extension against it (tests/unit/ops_helpers.py, backend
+// 'emulated-cuda'; tests/unit/test_cuda_emulation.py).
 #pragma once
 
 #include <setjmp.h>
