@@ -1,9 +1,11 @@
 """The CPU emulation of CUDA that runs csrc/cuda's kernels in CI (tests/cuda_emulation): it must fail kernels with
 the faults it is there to catch (each beside its correct twin, tests/cuda_emulation/selftest.cu), refuse launch
 configurations a GPU refuses, and, with the grid capped, run csrc's kernels through their grid-stride loops to the
-same results as the C++ CPU kernels."""
+same results as the C++ CPU kernels, alone and inside a fused-spec GPTModel."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +145,68 @@ def test_csrc_kernels_with_a_capped_grid_equal_the_cpu_kernels(emulated, cpu_ext
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name} (grid cap {cap}): {m}")
 
+
+
+def test_fused_gpt_model_on_the_emulated_cuda_kernels_equals_the_cpu_kernels():
+    """A whole fused-spec GPTModel (2 layers, GQA, RoPE, SwiGLU, RMSNorm with the fused residual add, the fused
+    vocab-parallel cross entropy) in fp32: loss and every parameter gradient with the CUDA kernels on the emulation
+    equal those with the C++ CPU kernels, and every kernel ran. Megatron-core hands the kernels its own layouts and
+    strides here, which the op tests only imitate. One fresh CPU process."""
+    from megatron_process import run
+
+    tests_dir = Path(__file__).resolve().parents[1]
+    proc = run(f"""
+        import sys, collections
+        sys.path.insert(0, {str(tests_dir)!r})
+        from megatron.core.models.gpt import GPTModel
+        from megatron.core.transformer import TransformerConfig
+        from megatron_llm.models.fused_spec import fused_layer_spec, install_fused_ops
+        from megatron_llm.ops import build
+        from cuda_emulation import emulated_ext
+
+        install_fused_ops()
+        calls = collections.Counter()
+
+        class Counting:  # the extension module, counting the kernels the ops call
+            def __init__(self, module):
+                self.module = module
+            def __getattr__(self, name):
+                calls[name] += 1
+                return getattr(self.module, name)
+
+        cpu_ext, why = build.load()
+        assert cpu_ext is not None, why
+        tc = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2,
+                               ffn_hidden_size=96, gated_linear_unit=True, activation_func=torch.nn.functional.silu,
+                               normalization="RMSNorm", add_bias_linear=False, hidden_dropout=0.0,
+                               attention_dropout=0.0, masked_softmax_fusion=False, bias_activation_fusion=True,
+                               apply_rope_fusion=True, cross_entropy_loss_fusion=True,
+                               cross_entropy_fusion_impl="native", params_dtype=torch.float32,
+                               layernorm_epsilon=1e-5)
+        torch.manual_seed(0)
+        model = GPTModel(config=tc, transformer_layer_spec=fused_layer_spec(), vocab_size=128,
+                         max_sequence_length=16, position_embedding_type="rope")
+        g = torch.Generator().manual_seed(1)
+        tokens = torch.randint(0, 128, (3, 16), generator=g)
+        labels = torch.randint(0, 128, (3, 16), generator=g)
+        positions = torch.arange(16).expand(3, 16)
+
+        def loss_and_grads(ext):
+            build.load = lambda: (Counting(ext), "test")
+            model.zero_grad(set_to_none=True)
+            loss = model(tokens, positions, None, labels=labels).mean()
+            loss.backward()
+            return [loss.detach()] + [p.grad.clone() for _, p in sorted(model.named_parameters())]
+
+        want = loss_and_grads(cpu_ext)
+        calls.clear()
+        got = loss_and_grads(emulated_ext.load())
+        for name in ("rms_norm_fwd", "add_rms_norm_fwd", "rms_norm_bwd", "rope_fwd", "rope_bwd", "swiglu_fwd",
+                     "swiglu_bwd", "ce_stats", "ce_grad"):
+            assert calls[name] > 0, (name, dict(calls))
+        assert len(got) == len(want) == 1 + len(list(model.parameters()))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        print("compared", len(got), dict(calls))
+    """)
+    assert "compared" in proc.stdout
