@@ -1,7 +1,7 @@
 """The CPU emulation of CUDA that runs csrc/cuda's kernels in CI (tests/cuda_emulation): it must fail kernels with
 the faults it is there to catch (each beside its correct twin, tests/cuda_emulation/selftest.cu), refuse launch
-configurations a GPU refuses, and, with the grid capped, run csrc's kernels through their grid-stride loops to the
-same results as the C++ CPU kernels, alone and inside a fused-spec GPTModel."""
+configurations a GPU refuses, and run csrc's kernels to the same results as the C++ CPU kernels: with the grid
+capped (through their grid-stride loops), and inside a fused-spec GPTModel."""
 
 from __future__ import annotations
 
