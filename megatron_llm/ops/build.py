@@ -118,15 +118,17 @@ def _exclusive(directory: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def write_if_changed(path: Path, text: str) -> Path:
+    """A generated source, rewritten only when its text changes: ninja goes by timestamps."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
 def one_translation_unit(directory: Path, files: List[Path], name: str = "csrc_cpp.cpp") -> Path:
     """directory/name, a .cpp that #includes each of files: torch/extension.h, which the binding files include, is
-    then parsed once instead of once a file (~50 s of CPU each). Rewritten only when its text changes (ninja goes
-    by timestamps)."""
-    unit = directory / name
-    text = "".join(f'#include "{f.resolve()}"\n' for f in files)
-    if not unit.exists() or unit.read_text() != text:
-        unit.write_text(text)
-    return unit
+    then parsed once instead of once a file (~50 s of CPU each)."""
+    return write_if_changed(directory / name, "".join(f'#include "{f.resolve()}"\n' for f in files))
 
 
 def _jit(with_cuda: bool, digest: str):

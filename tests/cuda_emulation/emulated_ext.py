@@ -73,10 +73,8 @@ def load():
         # csrc's kernels, and the selftest kernels with known faults (tests/unit/test_cuda_emulation.py)
         cuda_sources = sorted(build.CSRC.rglob("*.cu")) + sorted(build.CSRC.rglob("*.cuh")) + [HERE / "selftest.cu"]
         for src in cuda_sources:
-            text = emulated_source(src.read_text(), src.name, sites)
             dest = kernels / (src.stem + "_emulated.cpp" if src.suffix == ".cu" else src.name)
-            if not dest.exists() or dest.read_text() != text:  # unchanged files keep ninja's timestamps
-                dest.write_text(text)
+            build.write_if_changed(dest, emulated_source(src.read_text(), src.name, sites))
             if src.suffix == ".cu":
                 generated.append(dest)
         unity = build.one_translation_unit(kernels, build.sources(False) + [HERE / "selftest_bindings.cpp"])
