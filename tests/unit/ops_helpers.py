@@ -19,6 +19,15 @@ TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10
        torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=2e-3, rtol=2e-3)}
 
 
+def use_cpu_extension(monkeypatch):
+    """The ops run the extension's C++ CPU kernels, which must build (a failed build fails the test). Returns the
+    module."""
+    monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
+    ext, why = build.load()
+    assert ext is not None, f"the csrc extension did not build: {why}"
+    return ext
+
+
 def use_emulated_cuda(monkeypatch):
     """From here on the ops run the CUDA kernels on the CPU emulation: build.load() returns that extension (still
     none under MEGATRON_LLM_NO_EXT=1). Returns the module."""
@@ -44,9 +53,7 @@ def backend(request, monkeypatch):
     elif request.param == "emulated-cuda":
         use_emulated_cuda(monkeypatch)
     else:
-        monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
-        ext, why = build.load()
-        assert ext is not None, f"the csrc extension did not build: {why}"
+        use_cpu_extension(monkeypatch)
     yield request.param
     build.reset_for_tests()
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from megatron_llm.ops import build
+from ops_helpers import use_cpu_extension
 
 BLOCKS = 16  # of 256 threads: the schedule is drawn per block (half of them greedy), so a race shows in some block
 
@@ -24,11 +25,8 @@ def emulated():
 
 @pytest.fixture
 def cpu_ext(monkeypatch):
-    monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
     build.reset_for_tests()
-    ext, why = build.load()
-    assert ext is not None, f"the csrc extension did not build: {why}"
-    yield ext
+    yield use_cpu_extension(monkeypatch)
     build.reset_for_tests()
 
 

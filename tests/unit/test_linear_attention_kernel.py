@@ -8,20 +8,15 @@ import torch
 from megatron_llm.ops import build
 from megatron_llm.ops.linear_attention import (linear_attention_lightning, linear_attention_lightning_torch,
                                                linear_attention_parallel, linear_attention_recurrent)
-from ops_helpers import use_emulated_cuda
+from ops_helpers import use_cpu_extension, use_emulated_cuda
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(params=("cpu-kernel", "emulated-cuda"))
 def ext(request, monkeypatch):
-    monkeypatch.delenv("MEGATRON_LLM_NO_EXT", raising=False)
     build.reset_for_tests()
-    if request.param == "emulated-cuda":
-        use_emulated_cuda(monkeypatch)
-    mod, why = build.load()
-    assert mod is not None, f"the csrc extension did not build: {why}"
-    yield mod
+    yield use_emulated_cuda(monkeypatch) if request.param == "emulated-cuda" else use_cpu_extension(monkeypatch)
     build.reset_for_tests()
 
 
