@@ -17,11 +17,12 @@
 # $RUN_DIR/commands.txt (name, tab, the command shell-quoted), which tests/unit/test_gpu_checks_commands.py
 # checks on CPU.
 #
-# Expects megatron-core importable. On the lent device (torch present, megatron-core not): download the cp312 wheel
-# here into the git-ignored .whl/ (python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12
-# --implementation cp --platform manylinux_2_28_x86_64 -d .whl megatron-core==0.16.1), carry .whl and run
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site &&
+# megatron-core: the device image has torch but not megatron-core. When it does not import, the script installs the
+# wheel in $WHEEL_DIR (default .whl/, git-ignored) that fits the interpreter, into a directory outside the checkout.
+# Download it here for the interpreters the image may have, then carry .whl (device tool: carry [".whl"]) and run
 #   OUT=$OUT BUDGET_S=560 bash scripts/gpu_checks.sh
+# for v in 3.12 3.13; do python3 -m pip download --no-deps --only-binary=:all: --python-version $v --implementation cp \
+#   --platform manylinux_2_28_x86_64 -d .whl megatron-core==0.16.1; done
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${RUN_DIR:-runs/gpu_checks}
@@ -53,6 +54,15 @@ pack() {
   fi
 }
 
+# megatron-core from the carried wheels when the image lacks it (pip picks the one built for this interpreter)
+WHEEL_DIR=${WHEEL_DIR:-.whl}
+if [[ -z $DRY ]] && ! python -c "import megatron.core" > /dev/null 2>&1 && compgen -G "$WHEEL_DIR/megatron_core-*.whl" > /dev/null
+then
+  SITE=$(mktemp -d "${TMPDIR:-/tmp}/gpu_checks_site.XXXXXX")
+  python -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --find-links "$WHEEL_DIR" \
+    --target "$SITE" megatron-core && export PYTHONPATH=$SITE:$PYTHONPATH
+fi
+
 if [[ -n $DRY ]]; then
   : > "$RUN_DIR/commands.txt"
 else
@@ -60,6 +70,12 @@ else
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$RUN_DIR/gpu.txt"
   python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" |
     tee -a "$RUN_DIR/gpu.txt"
+  # which megatron-core the steps import; where none does, summary.txt says so first (every step but (a) needs it)
+  if ! python -c "import megatron.core as m; print('megatron-core', m.__version__, 'from', m.__path__[0])" \
+      2>&1 | tee -a "$RUN_DIR/gpu.txt"; then
+    echo "megatron-core: does not import; put its wheel for this python in $WHEEL_DIR/ (see the head of" \
+      "scripts/gpu_checks.sh)" | tee -a "$RUN_DIR/summary.txt"
+  fi
   pack
 fi
 

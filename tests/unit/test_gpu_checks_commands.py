@@ -12,6 +12,8 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,58 @@ def test_a_previous_runs_files_are_kept_beside(tmp_path):
     assert len(kept) == 1 and (kept[0] / "summary.txt").read_text() == "a_ops: rc=0 (1s)\n"
     lines = (run / "summary.txt").read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith("a_ops: rc=0 (") and lines[1].startswith("total ")
+
+
+def _wheel(directory: Path, version: str, tag: str) -> None:
+    """A wheel of a package `megatron.core` (its __version__ = version): all pip needs to install it."""
+    dist = f"megatron_core-{version}.dist-info"
+    files = {"megatron/core/__init__.py": f"__version__ = {version!r}\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: megatron-core\nVersion: {version}\n",
+             f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: {tag}\n"}
+    files[f"{dist}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{dist}/RECORD"])
+    with zipfile.ZipFile(directory / f"megatron_core-{version}-{tag}.whl", "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+
+
+@pytest.fixture(scope="module")
+def python_without_megatron(tmp_path_factory):
+    """The device image's situation: a python with pip but no megatron-core."""
+    root = tmp_path_factory.mktemp("image")
+    venv.create(root / "venv", with_pip=True)
+    fake = root / "bin"
+    fake.mkdir()
+    (fake / "python").symlink_to(root / "venv" / "bin" / "python")
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA H200, 143771 MiB'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    return fake
+
+
+def _run_without_megatron(fake: Path, tmp_path: Path, wheels: Path):
+    run = tmp_path / "run"
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_checks.sh")], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL,
+                          env={"PATH": f"{fake}:/usr/bin:/bin", "RUN_DIR": str(run), "OUT": str(tmp_path / "out"),
+                               "WHEEL_DIR": str(wheels), "STEPS": "-", "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return (run / "gpu.txt").read_text(), (run / "summary.txt").read_text()
+
+
+def test_megatron_core_is_installed_from_the_carried_wheel_that_fits(python_without_megatron, tmp_path):
+    wheels = tmp_path / "whl"
+    wheels.mkdir()
+    _wheel(wheels, "0.16.1", "py3-none-any")
+    _wheel(wheels, "0.16.2", "cp27-cp27mu-manylinux1_x86_64")  # newer, but for another interpreter
+    gpu, summary = _run_without_megatron(python_without_megatron, tmp_path, wheels)
+    line = [x for x in gpu.splitlines() if x.startswith("megatron-core")]
+    assert len(line) == 1 and line[0].startswith("megatron-core 0.16.1 from "), gpu
+    site = Path(line[0].split(" from ")[1])
+    assert site.is_relative_to(tmp_path) and not site.is_relative_to(REPO), "installed outside the checkout"
+    assert "megatron-core" not in summary
+
+
+def test_without_a_wheel_the_summary_says_megatron_core_does_not_import(python_without_megatron, tmp_path):
+    gpu, summary = _run_without_megatron(python_without_megatron, tmp_path, tmp_path / "no-wheels")
+    first = summary.splitlines()[0]
+    assert first.startswith("megatron-core: does not import") and str(tmp_path / "no-wheels") in first, summary
+    assert "ModuleNotFoundError: No module named 'megatron'" in gpu
