@@ -1,6 +1,7 @@
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -24,7 +25,9 @@ def _csrc_extension():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # an install on a GPU-less build machine: A100 and H100/H200
     with_cuda = build.cuda_buildable()[0]
     flags = build.compile_flags(with_cuda, build.source_hash(with_cuda))
-    sources = [os.path.relpath(p, HERE) for p in build.sources(with_cuda)]
+    unit_dir = os.path.join(HERE, "build", "csrc_unit")  # the generated one-unit .cpp (build/ is git-ignored)
+    os.makedirs(unit_dir, exist_ok=True)
+    sources = [os.path.relpath(p, HERE) for p in build.compiled_sources(Path(unit_dir), with_cuda)]
     make = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
     ext = make("megatron_llm._C", sources, include_dirs=flags["include_dirs"],
                extra_compile_args=flags["extra_compile_args"] if with_cuda else flags["extra_compile_args"]["cxx"],

@@ -131,6 +131,12 @@ def one_translation_unit(directory: Path, files: List[Path], name: str = "csrc_c
     return write_if_changed(directory / name, "".join(f'#include "{f.resolve()}"\n' for f in files))
 
 
+def compiled_sources(directory: Path, with_cuda: bool) -> List[Path]:
+    """What the compiler is given (JIT build and setup.py alike): csrc's .cpp files as one unit in directory, and
+    each .cu file when the build includes CUDA."""
+    return [one_translation_unit(directory, sources(False))] + [s for s in sources(with_cuda) if s.suffix == ".cu"]
+
+
 def _jit(with_cuda: bool, digest: str):
     from torch.utils import cpp_extension
 
@@ -141,9 +147,8 @@ def _jit(with_cuda: bool, digest: str):
         if not any(directory.glob("*.so")):
             print(f"megatron_llm: building the csrc extension ({'CPU + CUDA' if with_cuda else 'CPU'}) into "
                   f"{directory} (once per source version)", file=sys.stderr, flush=True)
-        cuda = [s for s in sources(with_cuda) if s.suffix == ".cu"]
         return cpp_extension.load(
-            name=f"mllm_{digest}", sources=[str(s) for s in [one_translation_unit(directory, sources(False))] + cuda],
+            name=f"mllm_{digest}", sources=[str(s) for s in compiled_sources(directory, with_cuda)],
             build_directory=str(directory),
             extra_cflags=flags["extra_compile_args"]["cxx"],
             extra_cuda_cflags=flags["extra_compile_args"].get("nvcc"), extra_include_paths=flags["include_dirs"],
