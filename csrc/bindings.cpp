@@ -1,6 +1,4 @@
 // The extension module: whatever every csrc/ .cpp registered (mllm/registry.h), plus build facts.
-#include <torch/extension.h>
-
 #include "mllm/registry.h"
 
 #ifndef MLLM_SOURCE_HASH

@@ -1,7 +1,7 @@
 // Tensor-level entry points of the extension: check and allocate with ATen, then call the C++ CPU launcher or,
 // for CUDA tensors in a CUDA build, the CUDA launcher on the current stream. Bound into the module by bindings.cpp
 // (through the registry, like any other csrc/ family).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #ifndef MLLM_NO_CUDA
 #include <c10/cuda/CUDAGuard.h>

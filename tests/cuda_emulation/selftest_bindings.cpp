@@ -1,6 +1,4 @@
 // Binds tests/cuda_emulation/selftest.cu into the emulated extension (through csrc's binding registry).
-#include <torch/extension.h>
-
 #include <string>
 
 #include "mllm/registry.h"
