@@ -127,7 +127,7 @@ def write_if_changed(path: Path, text: str) -> Path:
 
 def one_translation_unit(directory: Path, files: List[Path], name: str = "csrc_cpp.cpp") -> Path:
     """directory/name, a .cpp that #includes each of files: torch's headers, which the binding files include, are
-    then parsed once instead of once a file (~50 s of CPU each)."""
+    then parsed once instead of once a file (tens of seconds of CPU each)."""
     return write_if_changed(directory / name, "".join(f'#include "{f.resolve()}"\n' for f in files))
 
 
