@@ -68,8 +68,11 @@ if [[ -n $DRY ]]; then
 else
   : > "$RUN_DIR/summary.txt"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$RUN_DIR/gpu.txt"
-  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" |
-    tee -a "$RUN_DIR/gpu.txt"
+  python -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuDNN',
+torch.backends.cudnn.version())" | tee -a "$RUN_DIR/gpu.txt"
+  # what the JIT build compiles with and what the HF baselines run on
+  { nvcc --version | tail -n 1; python -c "import transformers; print('transformers', transformers.__version__)"; } \
+    >> "$RUN_DIR/gpu.txt" 2>&1
   # which megatron-core the steps import; where none does, summary.txt says so first (every step but (a) needs it)
   if ! python -c "import megatron.core as m; print('megatron-core', m.__version__, 'from', m.__path__[0])" \
       2>&1 | tee -a "$RUN_DIR/gpu.txt"; then
