@@ -35,7 +35,7 @@ def resolve_vocab_size(cfg: RunConfig, tokenizer) -> int:
 
 
 def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None):
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     from megatron_llm.models.init import init_weights
@@ -77,7 +77,9 @@ def build_model_and_optimizer(cfg: RunConfig, info, vocab_size: int, timers=None
     install_multi_tensor_ops()  # grad norm of all tensors at once, read once per step
     optimizer = get_megatron_optimizer(opt_config, model)
     use_fused_adamw(optimizer, info.device)
-    # The schedules call these hooks; same wiring as Megatron-LM's training.py.
+    from megatron_llm.training.grad_finalize import finalize_model_grads
+
+    # The schedules call these hooks; same wiring as Megatron-LM's training.py (finalize without a host read).
     tc.finalize_model_grads_func = finalize_model_grads
     tc.grad_scale_func = optimizer.scale_loss
     if o.fp16:
