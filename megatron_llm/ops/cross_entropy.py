@@ -55,8 +55,10 @@ def _grad_torch(logits, target_local, n_valid, lse, gscale, smoothing, k):
         x = _acc(logits[a:b, :n_valid])
         g = torch.exp(x - lse[a:b].unsqueeze(-1)) - smoothing / k
         t = target_local[a:b]
-        rows = torch.nonzero(t >= 0).squeeze(-1)
-        g[rows, t[rows]] -= 1.0 - smoothing
+        # the target's column loses 1 - smoothing, in rows whose target is in this shard (masked, not indexed:
+        # selecting the rows would read their count on the host, a sync per chunk on a GPU)
+        hit = (t >= 0).unsqueeze(-1).to(g.dtype) * -(1.0 - smoothing)
+        g.scatter_add_(-1, t.clamp(min=0).unsqueeze(-1), hit)
         grad[a:b, :n_valid] = (g * gscale[a:b].unsqueeze(-1)).to(logits.dtype)
     return grad
 
