@@ -28,28 +28,27 @@ GRAD_FINALIZE = "megatron_llm/training/grad_finalize.py:finalize_model_grads"
 ITERS, LOG_INTERVAL = 10, 5
 
 
-def test_one_host_read_and_no_loop_collective_between_log_boundaries(tmp_path):
+def test_one_host_read_and_no_loop_collective_between_log_boundaries(tmp_path, monkeypatch):
     argv = ["--device", "cpu", *MODEL, "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
             "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(ITERS),
             "--log-interval", str(LOG_INTERVAL), "--eval-interval", "0", "--mock-data", "--lr", "1e-3",
             "--lr-warmup-iters", "1", "--tensorboard-dir", str(tmp_path / "tb"),
             "--tensor-model-parallel-size", "2", "--sequence-parallel", *PP2_VP2,
             "--transformer-impl", "fused", "--cross-entropy-loss-fusion"]
-    env_backup = dict(os.environ)
-    os.environ.update(STEP_READS_OUT=str(tmp_path), PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]),
-                      OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    try:
-        assert run_workers("step_reads_worker", argv, 4, cpu=True) == 0
-    finally:
-        os.environ.clear()
-        os.environ.update(env_backup)
+    monkeypatch.setenv("STEP_READS_OUT", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), str(HERE),
+                                                                    os.environ.get("PYTHONPATH")])))
+    assert run_workers("step_reads_worker", argv, 4, cpu=True) == 0
 
     boundaries = {i for i in range(1, ITERS + 1) if i % LOG_INTERVAL == 0}
     steady = [i for i in range(2, ITERS + 1) if i not in boundaries]  # iteration 1 also sets things up
     for rank in range(4):
         rec = json.loads((tmp_path / f"rank{rank}.json").read_text())
         reads = {int(i): [s for s in sites if s not in HOST_TENSOR_READS] for i, sites in rec["reads"].items()}
-        loop_collectives = {int(i): [c for c in calls if c[1].startswith("megatron_llm/training/") and c[1] != GRAD_FINALIZE]
+        loop_collectives = {int(i): [c for c in calls
+                                     if c[1].startswith("megatron_llm/training/") and c[1] != GRAD_FINALIZE]
                             for i, calls in rec["collectives"].items()}
         for i in steady:
             assert reads[i] == [GRAD_NORM_READ], (rank, i, reads[i])
