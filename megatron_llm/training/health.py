@@ -9,7 +9,9 @@
 - the interval's losses, kept on the device until then (one host read per interval, not per step).
 
 Compute time is step start to the moment the rank enters the gradient reduction (finalize_model_grads): a rank that
-waits for a slow one in that collective does not look slow itself.
+waits for a slow one in that collective does not look slow itself. It is read on the device's clock: on a GPU from
+CUDA events, read at the boundary (the host only enqueues kernels and runs ahead of them, so its clock would mostly
+time kernel launches and could miss a slow GPU); on CPU from the host clock.
 
 Heartbeats: every rank rewrites <dir>/heartbeat/rank_NNNNN.json (iteration, phase, unix time, host, pid) at each
 step start and log boundary, <dir> being --save, else --tensorboard-dir. A hung job shows where each rank stopped.
@@ -79,6 +81,55 @@ class IntervalReport:
     stragglers: List[str] = field(default_factory=list)  # "rank R (host, device): T s vs median M s"
 
 
+class _HostEvent:
+    """torch.cuda.Event's timing interface on the host clock, for CPU runs."""
+
+    __slots__ = ("t",)
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: "_HostEvent") -> float:
+        return 1000.0 * (end.t - self.t)  # milliseconds, as torch.cuda.Event
+
+
+class ComputeClock:
+    """Per-step compute time (step start -> first finalize_model_grads entry) on the device's clock. Recording an
+    event does not synchronise; the events are read at the log boundary, after the step's grad-norm read."""
+
+    def __init__(self, device: str) -> None:
+        self._event = (lambda: torch.cuda.Event(enable_timing=True)) if device == "cuda" else _HostEvent
+        self.steps: List[tuple] = []  # (start, end) events of the interval's steps
+        self._start = self._end = None
+
+    def _mark(self):
+        ev = self._event()
+        ev.record()
+        return ev
+
+    def start(self) -> None:
+        self._start, self._end = self._mark(), None
+
+    def compute_ended(self) -> None:
+        if self._end is None:  # only the first entry ends the compute part
+            self._end = self._mark()
+
+    def step_done(self) -> None:
+        self.steps.append((self._start, self._end if self._end is not None else self._mark()))
+
+    def mean_s(self) -> float:
+        if not self.steps:
+            return 0.0
+        self.steps[-1][1].synchronize()  # on a GPU the interval's events have run (the boundary syncs anyway)
+        return sum(s.elapsed_time(e) for s, e in self.steps) / (1000.0 * len(self.steps))
+
+    def clear(self) -> None:
+        self.steps.clear()
+
+
 def _slow_hook(rank: int):
     spec = os.environ.get(SLOW_RANK_ENV, "").strip()
     if not spec:
@@ -103,9 +154,7 @@ class HealthMonitor:
                           and ps.get_tensor_model_parallel_rank() == 0)
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}" if info.device == "cuda" else "cpu")
         self.pending: List[tuple] = []  # (iteration, loss tensor [sum, count] on the device or None)
-        self.compute_s: List[float] = []
-        self._t0 = 0.0
-        self._entered: Optional[float] = None
+        self.clock = ComputeClock(info.device)
         self.last_save = time.monotonic()
         self.slow = _slow_hook(self.rank)
         self.hb_dir = heartbeat_dir(cfg)
@@ -122,8 +171,7 @@ class HealthMonitor:
     def wrap_finalize(self, finalize):
         """The schedule calls finalize_model_grads after the last backward: that is where compute ends."""
         def timed(*args, **kwargs):
-            if self._entered is None:
-                self._entered = time.perf_counter()
+            self.clock.compute_ended()
             at(WHERE["iteration"], "gradient reduction (finalize_model_grads)")
             return finalize(*args, **kwargs)
         return timed
@@ -131,8 +179,7 @@ class HealthMonitor:
     def step_start(self, iteration: int) -> None:
         at(iteration, "forward-backward (pipeline send/recv, tensor-parallel collectives)")
         self.heartbeat(iteration, "step")
-        self._t0 = time.perf_counter()
-        self._entered = None
+        self.clock.start()
         if self.slow is not None and self.slow[1] in (None, iteration):
             from megatron_llm.training import signals
 
@@ -145,14 +192,13 @@ class HealthMonitor:
 
     def step_end(self, iteration: int, loss: Optional[torch.Tensor]) -> None:
         at(iteration, "after the optimizer step (evaluation or checkpoint save)")
-        end = self._entered if self._entered is not None else time.perf_counter()
-        self.compute_s.append(end - self._t0)
+        self.clock.step_done()
         self.pending.append((iteration, loss if self.owns_loss else None))
 
     def discard_pending(self) -> None:
         """A rollback: the iterations since the last boundary are replayed."""
         self.pending.clear()
-        self.compute_s.clear()
+        self.clock.clear()
 
     def saved(self) -> None:
         self.last_save = time.monotonic()
@@ -165,7 +211,7 @@ class HealthMonitor:
         n = len(self.pending)
         minutes = self.cfg.checkpoint.save_interval_minutes
         save_due = bool(minutes) and time.monotonic() - self.last_save >= 60.0 * minutes
-        mean_compute = sum(self.compute_s) / len(self.compute_s) if self.compute_s else 0.0
+        mean_compute = self.clock.mean_s()
         vec = torch.zeros(HEADER + 2 * n, dtype=torch.float64, device=self.device)
         vec[:HEADER] = torch.tensor([float(stop_requested), float(save_due), mean_compute,
                                      memory_gb(self.info.device)], dtype=torch.float64)
@@ -188,7 +234,7 @@ class HealthMonitor:
         if self.pending:
             self.heartbeat(self.pending[-1][0], "logged")
         self.pending.clear()
-        self.compute_s.clear()
+        self.clock.clear()
         return report
 
     def _stragglers(self, times: List[float]) -> List[str]:
