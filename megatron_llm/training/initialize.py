@@ -115,10 +115,20 @@ def set_seed(seed: int, deterministic: bool, device: str) -> None:
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def shutdown() -> None:
-    from megatron.core import parallel_state
+def release() -> None:
+    """Destroys megatron-core's and torch's process groups, without a barrier (also on an error path, where a peer
+    may not get there). Left to interpreter exit, a gloo group's thread may take the GIL while Python finalises and
+    abort the process: SIGABRT instead of the exit status the launcher acts on."""
+    import sys
 
-    parallel_state.destroy_model_parallel()
+    parallel_state = sys.modules.get("megatron.core.parallel_state")  # not imported: nothing was initialised
+    if parallel_state is not None:
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+    release()

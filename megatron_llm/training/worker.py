@@ -48,8 +48,11 @@ def main(argv=None) -> int:
         # one line from rank 0, no traceback per rank.
         import os
 
+        from megatron_llm.training.initialize import release
+
         if os.environ.get("RANK", "0") == "0":
             print(f"megatron-llm train: error: {e}", file=sys.stderr, flush=True)
+        release()
         return EXIT_CODE_CONFIG
 
 

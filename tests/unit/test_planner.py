@@ -221,3 +221,16 @@ def test_calibrate_measures_and_stores_without_touching_the_table_for_unknown_de
         assert "no --gpu-type uses it" in p.stdout
         # A CPU measurement never changes a GPU's figures.
         assert gpu_spec("h100", calibration=cal) == gpu_spec("h100")
+
+
+def test_calibrate_under_torchrun_times_the_all_reduce_across_the_ranks(tmp_path):
+    from megatron_llm.launch.local import free_port
+
+    target = tmp_path / "cal.json"
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        str(free_port()), "-m", "megatron_llm.cli", "plan", "--calibrate", "--calibration-file",
+                        str(target)], capture_output=True, text=True, timeout=120, cwd=str(REPO))
+    assert p.returncode == 0, p.stderr[-3000:]
+    cal = json.loads(target.read_text())  # written by rank 0 alone
+    assert cal["allreduce_ranks"] == 2 and cal["allreduce_busbw_gbps"] > 0
+    assert "over 2 ranks" in p.stdout and p.stdout.count("calibration:") == 1
