@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import random
@@ -67,6 +68,8 @@ def initialize(cfg: RunConfig) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(minutes=timeout_min))
+        if backend == "gloo":  # whatever way the process ends, gloo's threads end first (release() says why)
+            atexit.register(release)
     if device == "cuda":
         _assert_no_emulation()
 

@@ -17,7 +17,7 @@ def main(argv):
     from megatron_llm.data.gpt_datasets import build_datasets, collate
     from megatron_llm.models.init import init_weights
     from megatron_llm.models.llama import build_model_chunks, padded_vocab_size, transformer_config
-    from megatron_llm.training.initialize import initialize, shutdown
+    from megatron_llm.training.initialize import initialize
     from megatron_llm.training.pretrain import _build_tokenizer, resolve_vocab_size
 
     args, values = parse_run_args(argv)
@@ -55,7 +55,6 @@ def main(argv):
     loss, norm = grad_norm(token_weighted)
     print(json.dumps({"lm_loss": loss, "grad_norm": norm, "grad_norm_mean_of_means": grad_norm(mean_of_means)[1],
                       "tokens_per_micro_batch": [float(mask[i:i + mbs].sum()) for i in range(0, gbs, mbs)]}))
-    shutdown()  # the gloo groups' threads joined before the interpreter exits
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_recompute_flags_reach_megatron_core():
         from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         from megatron_llm.config.arguments import build_config
-        from megatron_llm.training.initialize import initialize, shutdown
+        from megatron_llm.training.initialize import initialize
         from megatron_llm.models.llama import build_model_chunks, transformer_config
         from megatron.core import tensor_parallel
         calls = [0]
@@ -99,7 +99,6 @@ def test_recompute_flags_reach_megatron_core():
             model(tokens, pos, None, labels=tokens)  # forward: where megatron-core checkpoints
             out[name] = calls[0]
         print(json.dumps(out))
-        shutdown()  # the gloo groups' threads joined before the interpreter exits
     ''')
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True,
                           timeout=300)
@@ -117,7 +116,7 @@ def test_fused_impl_builds_sdpa_and_our_ops_into_the_model():
         from megatron_llm.launch.local import free_port  # a fixed port collides with concurrent runs
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
         from megatron_llm.config.arguments import build_config
-        from megatron_llm.training.initialize import initialize, shutdown
+        from megatron_llm.training.initialize import initialize
         from megatron_llm.models.llama import build_model_chunks, transformer_config
         from megatron_llm.models import fused_spec
         from megatron_llm.models.sdpa_attention import SDPACoreAttention
@@ -143,7 +142,6 @@ def test_fused_impl_builds_sdpa_and_our_ops_into_the_model():
         assert mlp.bias_swiglu_impl is fused_spec._bias_swiglu
         assert language_module.fused_vocab_parallel_cross_entropy is fused_spec._vocab_parallel_cross_entropy
         print("fused ok")
-        shutdown()
     ''')
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True,
                           timeout=300)
