@@ -1,7 +1,7 @@
 """On a GPU the straggler report's compute time is the GPU's: the host only enqueues kernels and returns, so a clock
-on the host would time kernel launches and never name a slow GPU. ComputeClock("cuda") reads CUDA events; here the
-GPU spins (torch.cuda._sleep) while the host has long moved on. CPU counterpart: tests/unit/test_compute_clock.py.
-Skipped without CUDA."""
+on the host would mostly time kernel launches and could miss a slow GPU. ComputeClock("cuda") reads CUDA events;
+here the GPU spins (torch.cuda._sleep) while the host has long moved on. CPU counterpart:
+tests/unit/test_compute_clock.py. Skipped without CUDA."""
 
 import time
 
