@@ -15,21 +15,18 @@ from megatron_llm.parallel import cpu_emulation
 cpu_emulation.activate()
 import torch.distributed as dist
 dist.init_process_group("gloo")
+import atexit
+from megatron_llm.training.initialize import release
+atexit.register(release)  # as initialize() does: the groups end before the interpreter (release() says why)
 from megatron.core import parallel_state, tensor_parallel
 parallel_state.initialize_model_parallel()
 tensor_parallel.model_parallel_cuda_manual_seed(1)
 """
-# The gloo groups' threads are joined before the interpreter exits: left to interpreter shutdown, one of them may
-# take the GIL while Python finalises and abort the process ("terminate called without an active exception").
-POSTAMBLE = """
-parallel_state.destroy_model_parallel()
-dist.destroy_process_group()
-"""
 
 
 def run(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs PREAMBLE + code + POSTAMBLE; asserts it exited 0 and returns the finished process."""
-    proc = subprocess.run([sys.executable, "-c", PREAMBLE + textwrap.dedent(code) + POSTAMBLE], capture_output=True,
-                          text=True, timeout=timeout)
+    """Runs PREAMBLE + code; asserts it exited 0 and returns the finished process."""
+    proc = subprocess.run([sys.executable, "-c", PREAMBLE + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
