@@ -6,7 +6,8 @@
 # gpu_checks.tar.gz (all of $RUN_DIR; files over 8 MiB left out, named in its left_out.txt). Steps:
 #   (a) JIT build of csrc/ + the op tests against the CPU/torch references in bf16 (tests/gpu/test_ops*.py)
 #   (b) 20 training iterations, fused spec vs local spec, same data: losses within bf16 tolerance
-#   (c) the 1.1B benchmark: fused, megatron-core local, HF eager (bench/train_throughput.py)
+#   (c) the 1.1B benchmark: fused, megatron-core local, HF eager (bench/train_throughput.py); a profile of the
+#       fused step (megatron-llm profile: time per part, top CUDA kernels)
 #   (d) the CUDA training and profiler tests (tests/gpu, except the op tests of (a))
 #   (e) if time is left: (c) at 8 micro-batches per step, HF compiled baseline, per-op microbenchmarks (ours / eager /
 #       torch.compile)
@@ -138,6 +139,12 @@ EOF
 # (c) the 1.1B benchmark: fused, local, HF eager
 step c_bench 240 python bench/train_throughput.py --stacks fused,local,hf-eager --no-ops --no-compile \
   --json "$RUN_DIR/c_bench.json"
+# where the fused step's time goes, on the same shape: per-part timers, NVML telemetry and the top CUDA kernels of
+# one traced iteration (GEMMs, attention backend, our kernels, optimizer) in c_profile/report.md
+step c_profile 120 python -m megatron_llm.cli profile --recipe tinyllama-1.1b --bf16 --device cuda --nproc-per-node 1 \
+  --mock-data --tokenizer-type NullTokenizer --lr-warmup-iters 0 --micro-batch-size 4 --global-batch-size 4 \
+  --transformer-impl fused --cross-entropy-loss-fusion --warmup-iters 2 --profile-iters 4 --trace-iters 6:6 \
+  --report-dir "$RUN_DIR/c_profile"
 
 # (d) CUDA training and profiler tests
 GPU_TESTS=$(ls tests/gpu/test_*.py | grep -v -e '/test_ops' -e '/test_linear_attention')

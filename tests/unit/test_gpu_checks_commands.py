@@ -75,6 +75,23 @@ def test_train_commands_pass_the_trainers_checks(commands):
         _check_train(argv[3:])
 
 
+def test_the_profile_step_profiles_the_benchmarked_fused_step(commands):
+    from megatron_llm.profiling.options import profile_config
+
+    profiles = [argv[4:] for _, argv in commands if argv[:4] == ["python", "-m", "megatron_llm.cli", "profile"]]
+    assert len(profiles) == 1  # (c): where the fused step's time goes
+    args, cfg, window = profile_config(profiles[0])  # what `megatron-llm profile` checks before it spawns a rank
+    check_job(cfg)
+    # the traced iteration comes after the measured ones (tracing slows its step) and inside the run
+    assert window[0] > args.warmup_iters and window[1] == cfg.train.train_iters
+    # the same job as the benchmark's fused stack at its default micro-batch (bench/train_throughput.py: 4)
+    bench = _bench("train_throughput").megatron_train_args("fused", False, "cuda", 4, 10, 3, "tb")
+    bargs, bvalues = parse_run_args(bench[1:])
+    ref = build_config(bvalues, bargs.recipe)
+    for section in ("model", "parallel", "data", "impl", "launch"):
+        assert getattr(cfg, section) == getattr(ref, section), section
+
+
 def test_pytest_steps_name_test_files_that_import(commands):
     files = [a for _, argv in commands if argv[:3] == ["python", "-m", "pytest"] for a in argv if a.endswith(".py")]
     assert {Path(f).name for f in files} >= {"test_ops_gpu.py", "test_cuda_training.py", "test_linear_attention_gpu.py"}
