@@ -139,8 +139,8 @@ EOF
 # (c) the 1.1B benchmark: fused, local, HF eager
 step c_bench 240 python bench/train_throughput.py --stacks fused,local,hf-eager --no-ops --no-compile \
   --json "$RUN_DIR/c_bench.json"
-# where the fused step's time goes, on the same shape: per-part timers, NVML telemetry and the top CUDA kernels of
-# one traced iteration (GEMMs, attention backend, our kernels, optimizer) in c_profile/report.md
+# where the fused step's time goes, on the same shape: per-part timers, NVML telemetry, GPU idle time, kernel time by
+# family and the top kernels of one traced iteration (attention backend included), in c_profile/report.md
 step c_profile 120 python -m megatron_llm.cli profile --recipe tinyllama-1.1b --bf16 --device cuda --nproc-per-node 1 \
   --mock-data --tokenizer-type NullTokenizer --lr-warmup-iters 0 --micro-batch-size 4 --global-batch-size 4 \
   --transformer-impl fused --cross-entropy-loss-fusion --warmup-iters 2 --profile-iters 4 --trace-iters 6:6 \

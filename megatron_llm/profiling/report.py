@@ -315,6 +315,15 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
           + (f" (GPU timeline: {tr['comm_exposed_ms']:.1f} ms exposed, {tr['comm_overlapped_ms']:.1f} ms "
              f"overlapped with compute; all process groups)" if tr.get("comm_exposed_ms") is not None else "")
           + ".\n\n")
+        if tr.get("kernel_span_ms"):
+            span, idle = tr["kernel_span_ms"], tr["gpu_idle_ms"]
+            w(f"GPU idle (no kernel or copy running) for {idle:.1f} ms of the {span:.1f} ms from the first kernel to "
+              f"the last ({100 * idle / span:.1f}%): time the GPU waited for the host.\n\n")
+        if tr.get("families"):
+            w("| kernel family | calls | total ms | % |\n|---|---|---|---|\n")
+            for f in tr["families"]:
+                w(f"| {f['family']} | {f['calls']} | {f['total_ms']:.2f} | {f['percent']:.1f} |\n")
+            w("\n")
         w("| # | name | calls | total ms | % |\n|---|---|---|---|---|\n")
         for i, e in enumerate(tr["top"], 1):
             name = e["name"].replace("|", "\\|")

@@ -5,6 +5,11 @@ actually spent in each kernel; a kernel's name says what it is — GEMM, flash/c
 On a CPU run there are no kernels, so it lists CPU operators by self time (time in the op minus its children),
 which is what sums to the wall time without double counting nested ops.
 
+On a GPU the kernels are also summed by family (GEMM, attention, our csrc kernels, optimizer, copies, torch's
+elementwise and reduction kernels, communication; by name), and the GPU's idle time is measured: the part of the
+span from the first kernel to the last in which neither a kernel nor a copy ran, i.e. the GPU waiting for the
+host.
+
 Communication kernels (NCCL) are also totalled, and on a GPU split by the trace's timestamps into exposed time
 (no compute kernel running at the same time) and overlapped time (hidden under compute). This is the measurement
 of "exposed vs overlapped" that timers cannot give: megatron-core's timers synchronise the device when they start
@@ -24,6 +29,21 @@ _COMM_KERNEL = re.compile(r"nccl|AllReduce|AllGather|ReduceScatter|SendRecv", re
 # all-reduce without it); point-to-point SendRecv is pipeline traffic.
 _COLLECTIVE = re.compile(r"AllReduce|AllGather|ReduceScatter|all_reduce|all_gather|reduce_scatter", re.IGNORECASE)
 _COMM_CPU_OP = re.compile(r"^(c10d::|gloo:|nccl:)|record_param_comms")
+_MEMORY_OP = re.compile(r"^Mem(cpy|set)")  # kineto's names of copy-engine transfers and memsets: not kernels
+# Kernel families by name, first match wins. Names as kineto records them: cuBLAS's GEMMs are nvjet_* on Hopper
+# (measured), sm90_xmma_gemm_* / *gemm* / cutlass otherwise; cuDNN's SDPA is cudnn_generated_fort_native_sdpa_*,
+# flash's flash_fwd/bwd_*, memory-efficient fmha_*; ours live in namespace mllm; fused AdamW and foreach norms run
+# as multi_tensor_apply_kernel.
+KERNEL_FAMILIES = (
+    ("communication (NCCL)", _COMM_KERNEL),
+    ("attention (SDPA)", re.compile(r"sdpa|cudnn|flash_|fmha|attention", re.IGNORECASE)),  # cuDNN runs only SDPA here
+    ("GEMM", re.compile(r"gemm|gemv|nvjet|cutlass|xmma|cublas", re.IGNORECASE)),
+    ("ours (csrc/)", re.compile(r"\bmllm::")),
+    ("optimizer / foreach", re.compile(r"multi_tensor|adam|foreach", re.IGNORECASE)),
+    ("copies", re.compile(rf"{_MEMORY_OP.pattern}|copy|cat_|CatArray", re.IGNORECASE)),
+    ("torch elementwise / reductions", re.compile(r"elementwise|reduce_kernel|reduction|softmax|norm", re.IGNORECASE)),
+)
+OTHER_FAMILY = "other kernels"
 
 
 @dataclass
@@ -32,6 +52,14 @@ class TopEntry:
     calls: int
     total_ms: float
     percent: float  # of the table's total (all kernels / all CPU self time) in the window
+
+
+@dataclass
+class FamilyEntry:
+    family: str
+    calls: int
+    total_ms: float
+    percent: float  # of all kernels' device time in the window
 
 
 @dataclass
@@ -47,6 +75,9 @@ class TraceResult:
     comm_exposed_ms: Optional[float] = None  # GPU: communication kernel time with no compute kernel running
     comm_overlapped_ms: Optional[float] = None  # GPU: communication kernel time hidden under compute kernels
     iterations: int = 0
+    families: List[FamilyEntry] = field(default_factory=list)  # GPU: kernel time by family
+    kernel_span_ms: Optional[float] = None  # GPU: first kernel's start to the last kernel's end
+    gpu_idle_ms: Optional[float] = None  # GPU: time in that span with no kernel or copy running
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -79,15 +110,50 @@ def _rank_table(rows: Dict[str, List[float]], top_n: int) -> Tuple[List[TopEntry
     return entries[:top_n], total / 1000.0
 
 
-def kernels_from_chrome_trace(path: str) -> Dict[str, List[float]]:
-    """GPU kernel durations (us) by name from a Chrome trace written by torch.profiler (kineto)."""
+Kernel = Tuple[str, float, float]  # name, start (us), duration (us)
+GPU_ACTIVITY = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's categories of work on the device
+
+
+def kernels_from_chrome_trace(path: str) -> List[Kernel]:
+    """The GPU's work in a Chrome trace written by torch.profiler (kineto), kernels and memory copies/sets:
+    (name, start us, duration us)."""
     with open(path, encoding="utf-8") as f:
         events = json.load(f).get("traceEvents", [])
+    return [(ev.get("name", "?"), float(ev.get("ts", 0.0)), float(ev.get("dur", 0.0))) for ev in events
+            if ev.get("ph") == "X" and ev.get("cat") in GPU_ACTIVITY]
+
+
+def kernel_rows(kernels: List[Kernel]) -> Dict[str, List[float]]:
+    """Kernel durations (us) by name."""
     rows: Dict[str, List[float]] = {}
-    for ev in events:
-        if ev.get("ph") == "X" and ev.get("cat") == "kernel":
-            rows.setdefault(ev.get("name", "?"), []).append(float(ev.get("dur", 0.0)))
+    for name, _, dur in kernels:
+        rows.setdefault(name, []).append(dur)
     return rows
+
+
+def kernel_family(name: str) -> str:
+    return next((family for family, pattern in KERNEL_FAMILIES if pattern.search(name)), OTHER_FAMILY)
+
+
+def kernel_families(rows: Dict[str, List[float]]) -> List[FamilyEntry]:
+    """Kernel time by family, largest first."""
+    sums: Dict[str, List[float]] = {}
+    for name, durs in rows.items():
+        fam = sums.setdefault(kernel_family(name), [0, 0.0])
+        fam[0] += len(durs)
+        fam[1] += sum(durs)
+    total = sum(t for _, t in sums.values())
+    entries = [FamilyEntry(f, int(c), t / 1000.0, 100.0 * t / total if total else 0.0) for f, (c, t) in sums.items()]
+    return sorted(entries, key=lambda e: (-e.total_ms, e.family))
+
+
+def gpu_idle(kernels: List[Kernel]) -> Tuple[float, float]:
+    """(span_ms, idle_ms): first start to last end of the GPU's work, and the time in it with nothing running."""
+    if not kernels:
+        return 0.0, 0.0
+    busy = _union([(ts, ts + dur) for _, ts, dur in kernels])
+    span = busy[-1][1] - busy[0][0]
+    return span / 1000.0, (span - sum(b - a for a, b in busy)) / 1000.0
 
 
 def _union(intervals: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
@@ -115,17 +181,14 @@ def _intersection_length(xs: List[Tuple[float, float]], ys: List[Tuple[float, fl
     return total
 
 
-def comm_overlap_from_chrome_trace(path: str) -> Tuple[float, float]:
+def comm_overlap(kernels: List[Kernel]) -> Tuple[float, float]:
     """(exposed_ms, overlapped_ms) of communication kernels on the GPU timeline: time in which some NCCL kernel
     ran while no compute kernel ran (exposed), and while one did (overlapped). Kernel intervals come from the
     trace's timestamps (ts, dur in microseconds), so this measures what actually ran concurrently."""
-    with open(path, encoding="utf-8") as f:
-        events = json.load(f).get("traceEvents", [])
     comm, compute = [], []
-    for ev in events:
-        if ev.get("ph") == "X" and ev.get("cat") == "kernel":
-            iv = (float(ev["ts"]), float(ev["ts"]) + float(ev.get("dur", 0.0)))
-            (comm if _COMM_KERNEL.search(ev.get("name", "")) else compute).append(iv)
+    for name, ts, dur in kernels:
+        if not _MEMORY_OP.match(name):
+            (comm if _COMM_KERNEL.search(name) else compute).append((ts, ts + dur))
     comm_u, compute_u = _union(comm), _union(compute)
     total = sum(b - a for a, b in comm_u)
     overlapped = _intersection_length(comm_u, compute_u)
@@ -185,20 +248,23 @@ class TraceWindow:
         prof.export_chrome_trace(tmp)
         os.replace(tmp, path)
         last = self.last if iteration is None else min(iteration, self.last)
+        gpu: Dict[str, Any] = {}
         if self.device == "cuda":
-            rows, kind = kernels_from_chrome_trace(path), "cuda kernels"
+            kernels = kernels_from_chrome_trace(path)
+            rows, kind = kernel_rows(kernels), "cuda kernels"
             comm = {k: v for k, v in rows.items() if _COMM_KERNEL.search(k)}
+            exposed, overlapped = comm_overlap(kernels)
+            span, idle = gpu_idle(kernels)
+            gpu = dict(comm_exposed_ms=exposed, comm_overlapped_ms=overlapped, families=kernel_families(rows),
+                       kernel_span_ms=span, gpu_idle_ms=idle)
         else:
             rows, kind = cpu_ops_from_profiler(prof), "cpu ops"
             comm = {k: v for k, v in rows.items() if _COMM_CPU_OP.search(k)}
         top, total = _rank_table(rows, self.top_n)
-        exposed = overlapped = None
-        if self.device == "cuda":
-            exposed, overlapped = comm_overlap_from_chrome_trace(path)
         self.result = TraceResult(
             trace_path=path, first=self.first, last=last, kind=kind, top=top, total_ms=total,
             comm_ms=sum(sum(v) for v in comm.values()) / 1000.0,
             collective_ms=sum(sum(v) for k, v in comm.items() if _COLLECTIVE.search(k)) / 1000.0,
-            iterations=last - self.first + 1, comm_exposed_ms=exposed, comm_overlapped_ms=overlapped,
+            iterations=last - self.first + 1, **gpu,
         )
         return self.result

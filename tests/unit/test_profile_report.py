@@ -1,6 +1,7 @@
 """ProfilerCallback + report, driven directly with synthetic step metrics (no trainer, no GPU), and the CPU trace."""
 
 import csv
+import dataclasses
 import json
 import os
 from types import SimpleNamespace
@@ -341,9 +342,9 @@ def test_report_without_matplotlib(tmp_path, monkeypatch):
 
 def test_comm_overlap_from_gpu_timeline(tmp_path):
     """Kernel intervals (us) on two streams, overlap worked out by hand:
-    compute [0,100] [150,300] [300,320]; NCCL [80,170] [310,400] [390,420].
+    compute [0,100] [150,300] [300,320]; NCCL [80,170] [310,400] [390,420]; a memcpy [350,360] (not compute).
     comm union [80,170] [310,420] = 200 us; overlapped with compute: [80,100] + [150,170] + [310,320] = 50 us."""
-    from megatron_llm.profiling.trace import comm_overlap_from_chrome_trace, kernels_from_chrome_trace
+    from megatron_llm.profiling.trace import comm_overlap, kernel_rows, kernels_from_chrome_trace
 
     def k(name, ts, dur):
         return {"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur}
@@ -351,12 +352,15 @@ def test_comm_overlap_from_gpu_timeline(tmp_path):
     events = [k("sm90_xmma_gemm_bf16", 0, 100), k("flash_fwd_kernel", 150, 150), k("elementwise", 300, 20),
               k("ncclDevKernel_ReduceScatter_Sum_bf16_RING_LL", 80, 90),
               k("ncclDevKernel_AllGather_RING_LL", 310, 90), k("ncclDevKernel_AllGather_RING_LL", 390, 30),
-              {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1000}]
+              {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1000},
+              # a copy-engine transfer during exposed communication hides none of it
+              {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pinned -> Device)", "ts": 350, "dur": 10}]
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"traceEvents": events}))
-    exposed, overlapped = comm_overlap_from_chrome_trace(str(path))
+    kernels = kernels_from_chrome_trace(str(path))
+    exposed, overlapped = comm_overlap(kernels)
     assert overlapped == pytest.approx(0.050) and exposed == pytest.approx(0.150)
-    rows = kernels_from_chrome_trace(str(path))
+    rows = kernel_rows(kernels)
     assert rows["ncclDevKernel_AllGather_RING_LL"] == [90.0, 30.0] and "aten::mm" not in rows
 
     # In the report: DP = 2, overlap on, TP = PP = 1 -> the column is the timeline's overlapped time per step
@@ -365,3 +369,56 @@ def test_comm_overlap_from_gpu_timeline(tmp_path):
     assert report_mod._overlapped(meta, {"trace": tr}, {"dp_comm_exposed": 0.01}) == pytest.approx(0.025)
     assert report_mod._overlapped(SimpleNamespace(**{**meta.__dict__, "tp": 2}), {"trace": tr}, {}) is None
     assert report_mod._overlapped(meta, {"trace": None}, {"dp_comm_exposed": 0.01}) is None
+
+
+def test_gpu_kernels_by_family_and_idle_time(tmp_path):
+    """One traced step as kineto names the GPU's work on an H100, durations (us) chosen by hand:
+    GEMM 600 (nvjet 400 + xmma 200), attention 200 (cuDNN SDPA 100 + 50, flash 50), ours 90 (RMSNorm 60 + RoPE 30),
+    optimizer 40, copies 25 (a memcpy 10 + a copy kernel 15), torch elementwise 35 (30 + 5), other 15: 1005 in all.
+    Timeline: busy [0, 700], [750, 1000], [1100, 1145] -> span 1145, idle 50 + 100."""
+    from megatron_llm.profiling.trace import gpu_idle, kernel_families, kernel_rows, kernels_from_chrome_trace
+
+    work = [("kernel", "nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NNT", 0, 400),
+            ("kernel", "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", 400, 200),
+            ("kernel", "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128", 600, 100),
+            ("kernel", "void at::native::vectorized_elementwise_kernel<4, FillFunctor<float>, ...>(...)", 690, 5),
+            ("kernel", "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_1", 750, 50),
+            ("kernel", "void flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4> >(Flash_fwd_params)", 800, 50),
+            ("kernel", "void mllm::(anonymous namespace)::rms_fwd_kernel<__nv_bfloat16>(...)", 850, 60),
+            ("kernel", "void mllm::(anonymous namespace)::rope_kernel<__nv_bfloat16, false>(...)", 910, 30),
+            ("kernel", "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous "
+                       "namespace)::TensorListMetadata<4>, FusedAdamMathFunctor<float, 4> >(...)", 940, 40),
+            ("gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", 980, 10),
+            ("kernel", "void at::native::vectorized_elementwise_kernel<4, direct_copy_kernel_cuda, ...>(...)",
+             985, 15),
+            ("kernel", "void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add<c10::BFloat16>, ...>(...)",
+             1100, 30),
+            ("kernel", "void some_library_kernel<7>(...)", 1130, 15)]
+    events = [{"ph": "X", "cat": cat, "name": n, "ts": ts, "dur": dur} for cat, n, ts, dur in work]
+    events.append({"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 2000})  # host side: not GPU work
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    kernels = kernels_from_chrome_trace(str(path))
+    assert len(kernels) == len(work)
+    families = kernel_families(kernel_rows(kernels))
+    assert {f.family: (f.calls, f.total_ms) for f in families} == {
+        "GEMM": (2, pytest.approx(0.6)), "attention (SDPA)": (3, pytest.approx(0.2)),
+        "ours (csrc/)": (2, pytest.approx(0.09)), "optimizer / foreach": (1, pytest.approx(0.04)),
+        "copies": (2, pytest.approx(0.025)), "torch elementwise / reductions": (2, pytest.approx(0.035)),
+        "other kernels": (1, pytest.approx(0.015))}
+    assert [f.family for f in families][:3] == ["GEMM", "attention (SDPA)", "ours (csrc/)"]  # largest first
+    assert families[0].percent == pytest.approx(100 * 600 / 1005)
+    assert sum(f.percent for f in families) == pytest.approx(100.0)
+    span, idle = gpu_idle(kernels)
+    assert span == pytest.approx(1.145) and idle == pytest.approx(0.150)
+    assert gpu_idle([]) == (0.0, 0.0)
+
+    # In the report: the idle share and the family table
+    cb = run_emulated_gpu(tmp_path)
+    s = report_mod.summarise(cb.meta, cb.payloads)
+    s["trace"] = {"kind": "cuda kernels", "first": 7, "last": 7, "iterations": 1, "trace_path": str(path),
+                  "total_ms": 1.005, "comm_ms": 0.0, "top": [], "kernel_span_ms": span, "gpu_idle_ms": idle,
+                  "families": [dataclasses.asdict(f) for f in families]}
+    md = report_mod.render_markdown(cb.meta, s, [])
+    assert "ms from the first kernel to the last (13.1%)" in md  # 150 / 1145
+    assert "| GEMM | 2 | 0.60 | 59.7 |" in md and "| optimizer / foreach | 1 | 0.04 | 4.0 |" in md
