@@ -7,7 +7,7 @@
 #   (a) JIT build of csrc/ + the op tests against the CPU/torch references in bf16 (tests/gpu/test_ops*.py)
 #   (b) 20 training iterations, fused spec vs local spec, same data: losses within bf16 tolerance
 #   (c) the 1.1B benchmark: fused, megatron-core local, HF eager (bench/train_throughput.py); a profile of the
-#       fused step (megatron-llm profile: time per part, top CUDA kernels)
+#       fused step (megatron-llm profile: time per part, GPU idle time, kernel time by family, top kernels)
 #   (d) the CUDA training and profiler tests (tests/gpu, except the op tests of (a))
 #   (e) if time is left: (c) at 8 micro-batches per step, HF compiled baseline, per-op microbenchmarks (ours / eager /
 #       torch.compile)
