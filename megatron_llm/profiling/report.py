@@ -318,7 +318,8 @@ def render_markdown(meta: ProfileMeta, s: Dict[str, Any], plots: List[str]) -> s
         if tr.get("kernel_span_ms"):
             span, idle = tr["kernel_span_ms"], tr["gpu_idle_ms"]
             w(f"GPU idle (no kernel or copy running) for {idle:.1f} ms of the {span:.1f} ms from the first kernel to "
-              f"the last ({100 * idle / span:.1f}%): time the GPU waited for the host.\n\n")
+              f"the last ({100 * idle / span:.1f}%): time the GPU waited for the host, which the profiler's own "
+              f"recording slows (an upper bound for untraced steps).\n\n")
         if tr.get("families"):
             w("| kernel family | calls | total ms | % |\n|---|---|---|---|\n")
             for f in tr["families"]:

@@ -8,7 +8,7 @@ which is what sums to the wall time without double counting nested ops.
 On a GPU the kernels are also summed by family (GEMM, attention, our csrc kernels, optimizer, copies, torch's
 elementwise and reduction kernels, communication; by name), and the GPU's idle time is measured: the part of the
 span from the first kernel to the last in which neither a kernel nor a copy ran, i.e. the GPU waiting for the
-host.
+host (slowed in the traced steps by the profiler's own recording: an upper bound for untraced ones).
 
 Communication kernels (NCCL) are also totalled, and on a GPU split by the trace's timestamps into exposed time
 (no compute kernel running at the same time) and overlapped time (hidden under compute). This is the measurement
