@@ -22,14 +22,13 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 _COMM_KERNEL = re.compile(r"nccl|AllReduce|AllGather|ReduceScatter|SendRecv", re.IGNORECASE)
 # Collectives a data-parallel gradient sync uses (reduce-scatter + all-gather with the distributed optimizer,
 # all-reduce without it); point-to-point SendRecv is pipeline traffic.
 _COLLECTIVE = re.compile(r"AllReduce|AllGather|ReduceScatter|all_reduce|all_gather|reduce_scatter", re.IGNORECASE)
 _COMM_CPU_OP = re.compile(r"^(c10d::|gloo:|nccl:)|record_param_comms")
-_MEMORY_OP = re.compile(r"^Mem(cpy|set)")  # kineto's names of copy-engine transfers and memsets: not kernels
 # Kernel families by name, first match wins. Names as kineto records them: cuBLAS's GEMMs are nvjet_* on Hopper
 # (measured), sm90_xmma_gemm_* / *gemm* / cutlass otherwise; cuDNN's SDPA is cudnn_generated_fort_native_sdpa_*,
 # flash's flash_fwd/bwd_*, memory-efficient fmha_*; ours live in namespace mllm; fused AdamW and foreach norms run
@@ -40,7 +39,7 @@ KERNEL_FAMILIES = (
     ("GEMM", re.compile(r"gemm|gemv|nvjet|cutlass|xmma|cublas", re.IGNORECASE)),
     ("ours (csrc/)", re.compile(r"\bmllm::")),
     ("optimizer / foreach", re.compile(r"multi_tensor|adam|foreach", re.IGNORECASE)),
-    ("copies", re.compile(rf"{_MEMORY_OP.pattern}|copy|cat_|CatArray", re.IGNORECASE)),
+    ("copies", re.compile(r"^Mem(cpy|set)|copy|cat_|CatArray", re.IGNORECASE)),  # Memcpy/Memset: kineto's names
     ("torch elementwise / reductions", re.compile(r"elementwise|reduce_kernel|reduction|softmax|norm", re.IGNORECASE)),
 )
 OTHER_FAMILY = "other kernels"
@@ -110,24 +109,30 @@ def _rank_table(rows: Dict[str, List[float]], top_n: int) -> Tuple[List[TopEntry
     return entries[:top_n], total / 1000.0
 
 
-Kernel = Tuple[str, float, float]  # name, start (us), duration (us)
+class Kernel(NamedTuple):
+    name: str
+    ts: float  # start (us)
+    dur: float  # duration (us)
+    cat: str  # kineto's category: "kernel", or a copy-engine transfer / memset (not compute)
+
+
 GPU_ACTIVITY = ("kernel", "gpu_memcpy", "gpu_memset")  # kineto's categories of work on the device
 
 
 def kernels_from_chrome_trace(path: str) -> List[Kernel]:
     """The GPU's work in a Chrome trace written by torch.profiler (kineto), kernels and memory copies/sets:
-    (name, start us, duration us)."""
+    (name, start us, duration us, category)."""
     with open(path, encoding="utf-8") as f:
         events = json.load(f).get("traceEvents", [])
-    return [(ev.get("name", "?"), float(ev.get("ts", 0.0)), float(ev.get("dur", 0.0))) for ev in events
-            if ev.get("ph") == "X" and ev.get("cat") in GPU_ACTIVITY]
+    return [Kernel(ev.get("name", "?"), float(ev.get("ts", 0.0)), float(ev.get("dur", 0.0)), ev["cat"])
+            for ev in events if ev.get("ph") == "X" and ev.get("cat") in GPU_ACTIVITY]
 
 
 def kernel_rows(kernels: List[Kernel]) -> Dict[str, List[float]]:
     """Kernel durations (us) by name."""
     rows: Dict[str, List[float]] = {}
-    for name, _, dur in kernels:
-        rows.setdefault(name, []).append(dur)
+    for k in kernels:
+        rows.setdefault(k.name, []).append(k.dur)
     return rows
 
 
@@ -151,7 +156,7 @@ def gpu_idle(kernels: List[Kernel]) -> Tuple[float, float]:
     """(span_ms, idle_ms): first start to last end of the GPU's work, and the time in it with nothing running."""
     if not kernels:
         return 0.0, 0.0
-    busy = _union([(ts, ts + dur) for _, ts, dur in kernels])
+    busy = _union([(k.ts, k.ts + k.dur) for k in kernels])
     span = busy[-1][1] - busy[0][0]
     return span / 1000.0, (span - sum(b - a for a, b in busy)) / 1000.0
 
@@ -186,9 +191,9 @@ def comm_overlap(kernels: List[Kernel]) -> Tuple[float, float]:
     ran while no compute kernel ran (exposed), and while one did (overlapped). Kernel intervals come from the
     trace's timestamps (ts, dur in microseconds), so this measures what actually ran concurrently."""
     comm, compute = [], []
-    for name, ts, dur in kernels:
-        if not _MEMORY_OP.match(name):
-            (comm if _COMM_KERNEL.search(name) else compute).append((ts, ts + dur))
+    for k in kernels:
+        if k.cat == "kernel":  # a copy or memset running beside NCCL hides none of it
+            (comm if _COMM_KERNEL.search(k.name) else compute).append((k.ts, k.ts + k.dur))
     comm_u, compute_u = _union(comm), _union(compute)
     total = sum(b - a for a, b in comm_u)
     overlapped = _intersection_length(comm_u, compute_u)
