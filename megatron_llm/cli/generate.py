@@ -59,6 +59,13 @@ def _eos(info, tokenizer) -> Optional[int]:
     return int(eos) if eos is not None else getattr(tokenizer, "eod", None)
 
 
+def preload(argv: List[str]) -> None:
+    """The imports every rank makes, done once by a launcher that forks CPU ranks (launch/forked_rank.py)."""
+    import megatron_llm.data.tokenizers  # noqa: F401
+    import megatron_llm.inference.generate  # noqa: F401  (torch, megatron-core)
+    import megatron_llm.inference.session  # noqa: F401
+
+
 def main(argv: List[str]) -> int:
     args = build_parser().parse_args(argv)
     from megatron_llm.launch.local import launched_externally, run_workers

@@ -61,6 +61,13 @@ def run(args) -> int:
     return 0
 
 
+def preload(argv: List[str]) -> None:
+    """The imports every rank makes, done once by a launcher that forks CPU ranks (launch/forked_rank.py)."""
+    import megatron_llm.inference.forward  # noqa: F401  (torch, megatron-core)
+    import megatron_llm.inference.session  # noqa: F401
+    import megatron_llm.training.initialize  # noqa: F401
+
+
 def main(argv: List[str] | None = None) -> int:
     from megatron_llm.launch.local import launched_externally, run_workers
 

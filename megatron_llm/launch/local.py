@@ -1,4 +1,5 @@
 """Start one worker process per rank on this node, torchrun-style, unless a launcher (torchrun, srun) already did.
+CPU ranks are forked from this process after their imports where that is safe (forked_rank.py), others spawned.
 
 Workers get RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT. SIGUSR1/SIGTERM/SIGINT
 sent to this process are forwarded to every worker (they checkpoint and exit); when one worker dies the others are
@@ -16,6 +17,7 @@ import sys
 import time
 from typing import List, Optional
 
+from megatron_llm.launch import forked_rank
 from megatron_llm.launch.slurm_env import MASTER_PORT_BASE, MASTER_PORT_SPAN
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -88,8 +90,12 @@ def run_workers(module: str, argv: List[str], nproc: int, master_addr: str = "12
     from megatron_llm.exit_codes import EXIT_CODE_CONFIG, EXIT_CODE_REQUEUE
 
     port = master_port or free_port(master_addr)
-    procs = [subprocess.Popen([sys.executable, "-m", module, *argv],
-                              env=worker_env(r, nproc, master_addr, port, cpu)) for r in range(nproc)]
+    envs = [worker_env(r, nproc, master_addr, port, cpu) for r in range(nproc)]
+    rank_module = forked_rank.preloaded(module, argv) if cpu else None
+    if rank_module is not None:
+        procs = [forked_rank.ForkedRank(rank_module, argv, env) for env in envs]
+    else:
+        procs = [subprocess.Popen([sys.executable, "-m", module, *argv], env=env) for env in envs]
 
     def forward(signum, frame):
         for p in procs:

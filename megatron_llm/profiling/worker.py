@@ -5,6 +5,15 @@ from __future__ import annotations
 import sys
 
 
+def preload(argv) -> None:
+    """The imports every profiling rank makes, done once by a launcher that forks CPU ranks (launch/forked_rank.py)."""
+    from megatron_llm.profiling.options import profile_config
+    from megatron_llm.training import worker
+
+    worker.preload_for(profile_config(argv)[1])
+    import megatron_llm.profiling.callback  # noqa: F401
+
+
 def main(argv=None) -> int:
     from megatron_llm.profiling.options import profile_config
     from megatron_llm.training import worker

@@ -17,6 +17,21 @@ def before_megatron_imports(cfg) -> None:
         cpu_emulation.eager_jit_fusions()
 
 
+def preload_for(cfg) -> None:
+    """The imports a rank of `cfg` makes, done once by a launcher that forks its CPU ranks (launch/forked_rank.py)."""
+    before_megatron_imports(cfg)
+    import torch._inductor.config  # noqa: F401  (torch.use_deterministic_algorithms imports it: 0.8 s of start-up)
+
+    import megatron_llm.training.pretrain  # noqa: F401  (torch, megatron-core)
+
+
+def preload(argv) -> None:
+    from megatron_llm.config.arguments import build_config, parse_run_args
+
+    args, values = parse_run_args(argv)
+    preload_for(build_config(values, args.recipe))
+
+
 def finished(exit_code: int) -> int:
     """Training is over and everything is closed: spare the interpreter's final garbage collection over the objects
     torch and megatron-core hold (~0.6 s a rank, measured on CPU); atexit handlers and thread joins still run."""
