@@ -1,4 +1,4 @@
-"""Run `megatron-llm train` as a user would (a subprocess spawning its ranks) and read back metrics.jsonl."""
+"""Run `megatron-llm train` as a user would (a process of its own, launching its ranks) and read back metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -57,8 +57,10 @@ def train(out: Path, data: Optional[str], nproc: int, extra: List[str], iters: i
 def run_process(args: List[str], timeout: int, what: str,
                 env: Optional[dict] = None) -> subprocess.CompletedProcess:
     """Run `args`; its own process group is killed whole on timeout: a hung run must not leave ranks spinning on
-    the CI machine."""
+    the CI machine. `python -m megatron_llm...` commands run forked from the warm interpreter (warm_launch.py)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    if len(args) > 3 and args[:2] == [sys.executable, "-m"] and args[2].startswith("megatron_llm"):
+        return _run_warm(args, timeout, what, env)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
@@ -68,6 +70,25 @@ def run_process(args: List[str], timeout: int, what: str,
         out, err = proc.communicate()
         raise AssertionError(f"{what} timed out after {timeout}s\n{out[-2000:]}\n{err[-3000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run_warm(args: List[str], timeout: int, what: str, env: dict) -> subprocess.CompletedProcess:
+    import queue
+    import tempfile
+
+    from warm_launch import server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        proc = server().start(args[2], args[3:], env, str(out), str(err))
+        try:
+            code = proc.wait(timeout)
+        except queue.Empty:
+            os.killpg(proc.pid, 9)
+            proc.wait(60)
+            raise AssertionError(f"{what} timed out after {timeout}s\n{out.read_text()[-2000:]}\n"
+                                 f"{err.read_text()[-3000:]}")
+        return subprocess.CompletedProcess(args, code, out.read_text(), err.read_text())
 
 
 def signal_after(args: List[str], out: Path, records: int, signum: int, timeout: int = 120) -> Tuple[int, str]:
