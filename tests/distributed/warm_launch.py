@@ -66,7 +66,9 @@ for line in sys.stdin:
 
 class ForkServer:
     def __init__(self):
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        # unbuffered, as the launcher makes its ranks: a command killed part-way (a timeout, the kill tests) leaves
+        # all it printed in its files
+        env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, start_new_session=True)
         self.lines: "queue.Queue[Optional[dict]]" = queue.Queue()
