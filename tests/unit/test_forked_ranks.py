@@ -1,8 +1,8 @@
 """launch/forked_rank.py: CPU ranks forked from the launcher after their module's preload, else spawned.
 
-One launcher process (single-threaded, as `megatron-llm train` is) runs a 2-rank module four ways: forked and exiting
-normally, forked and killed by SIGKILL, forked and ending with SystemExit("message"); then the same module without a
-preload hook, and with the launcher running a second thread, must be spawned. A forked rank must look like a spawned
+One launcher process (single-threaded, as `megatron-llm train` is) runs a 2-rank module five ways: forked and exiting
+normally, forked and killed by SIGKILL, forked and ending with SystemExit("message"); then without a preload hook, and
+with the launcher running a second thread, where the ranks must be spawned. A forked rank must look like a spawned
 one: its own RANK, OMP_NUM_THREADS applied to torch (torch read the launcher's value when the launcher imported it),
 a line printed before a SIGKILL not lost in a buffer, non-daemon threads joined before atexit handlers run, and the
 exit status the launcher reports.
