@@ -260,8 +260,8 @@ def main() -> int:
           "start, CPU summed over its processes); tokens: output tokens incl. eod; RSS: peak over the process tree")
     print("start-up: the same command on a one-document corpus (best wall s / CPU s): " + ", ".join(
         f"{n} {w:.2f} / {c:.2f}" for n, (w, c) in startup.items()))
-    print(f"| run | wall s | CPU s | CPU s excl. start-up | tokens/s | tokens per CPU-s excl. start-up | peak RSS MB | "
-          f"ours vs it (wall) | ours vs it (CPU) | ours vs it (CPU excl. start-up) | identical to baseline |")
+    print("| run | wall s | CPU s | CPU s excl. start-up | tokens/s | tokens per CPU-s excl. start-up | peak RSS MB | "
+          "ours vs it (wall) | ours vs it (CPU) | ours vs it (CPU excl. start-up) | identical to baseline |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for name, _, _, prefix in runs:

@@ -183,7 +183,7 @@ def hf_to_megatron(fam: Family, m: Dict[str, Any], get) -> Iterator[Tuple[str, A
         for ours, names in tensor_pairs(_transnormer_config(m)):
             yield ours, (lambda names=names: join([get(n) for n in names]))
         return
-    groups, heads, d = m["num_query_groups"], m["num_attention_heads"], m["kv_channels"]
+    groups = m["num_query_groups"]
     yield "embedding.word_embeddings.weight", lambda: get("model.embed_tokens.weight")
     if m.get("use_stable_embedding"):
         for part in ("weight", "bias"):

@@ -8,7 +8,6 @@ for any worker count). Every key's output is finalised, and only when the whole 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import sys
 import threading
 import time

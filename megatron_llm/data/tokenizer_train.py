@@ -7,7 +7,6 @@ large corpora. Reads the same inputs as `megatron-llm preprocess`.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import sys
 import tempfile

@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from megatron_llm.fileio import atomic_write_text
 from megatron_llm.launch import runs_registry
@@ -218,7 +218,7 @@ def _main(opts, train_args: List[str], argv: List[str]) -> int:
     os.chmod(script, 0o755)
     print(f"[megatron-llm submit] script: {script}")
     if opts.dry_run:
-        print(f"[megatron-llm submit] dry run: not submitted; data and tokenizer files were not checked")
+        print("[megatron-llm submit] dry run: not submitted; data and tokenizer files were not checked")
         return 0
 
     os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)  # sbatch does not create the log directory

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 from megatron_llm.config.model import LIGHTNING_BLOCK_SIZE

@@ -18,7 +18,6 @@ Sources (formulas in docs/planner.md):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from megatron_llm.config.model import ModelConfig
 from megatron_llm.perf import flops as F
