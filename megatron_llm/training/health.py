@@ -13,8 +13,9 @@ waits for a slow one in that collective does not look slow itself. It is read on
 CUDA events, read at the boundary (the host only enqueues kernels and runs ahead of them, so its clock would mostly
 time kernel launches and could miss a slow GPU); on CPU from the host clock.
 
-Heartbeats: every rank rewrites <dir>/heartbeat/rank_NNNNN.json (iteration, phase, unix time, host, pid) at each
-step start and log boundary, <dir> being --save, else --tensorboard-dir. A hung job shows where each rank stopped.
+Heartbeats: every rank marks each phase of a step in memory (training/heartbeat.py); a background thread writes the
+latest to <dir>/heartbeat/rank_NNNNN.json (iteration, phase, since, host, pid), <dir> being --save, else
+--tensorboard-dir. A hung job shows where each rank stopped and since when.
 
 Test hook: MEGATRON_LLM_TEST_SLOW_RANK=RANK:SECONDS[:ITER] makes RANK sleep SECONDS in the compute part of every
 step (or of iteration ITER only).
@@ -22,7 +23,6 @@ step (or of iteration ITER only).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics
@@ -33,6 +33,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from megatron_llm.training.heartbeat import HeartbeatWriter, at, where
+
 SLOW_RANK_ENV = "MEGATRON_LLM_TEST_SLOW_RANK"
 # A straggler is also this much slower than the median in absolute terms: on a loaded host (or tiny CPU steps)
 # a relative threshold alone names noise.
@@ -40,24 +42,15 @@ MIN_EXCESS_S = 0.05
 HEADER = 4  # stop, save-due, mean compute time, mem GB; then (loss sum, token count) per iteration
 
 
-# Where this rank is: (iteration, phase). Read when a collective fails, to say which operation hung (worker.py).
-WHERE = {"iteration": 0, "phase": "start-up"}
-
-
-def at(iteration: int, phase: str) -> None:
-    WHERE["iteration"], WHERE["phase"] = iteration, phase
-
-
 def describe_failure(exc: BaseException, cfg) -> str:
     """The message of a rank whose collective failed: rank, host, the operation, the timeout, the heartbeats."""
-    import socket as _socket
-
     rank = int(os.environ.get("RANK", "0"))
+    iteration, phase, _ = where()
     hb = heartbeat_dir(cfg)
-    where = f"; per-rank heartbeats (last iteration each reached) in {hb}" if hb else ""
-    return (f"rank {rank} ({_socket.gethostname()}): {WHERE['phase']} at iteration {WHERE['iteration']} failed "
+    hb_note = f"; per-rank heartbeats (where each rank is, and since when) in {hb}" if hb else ""
+    return (f"rank {rank} ({socket.gethostname()}): {phase} at iteration {iteration} failed "
             f"(--distributed-timeout-minutes {cfg.launch.distributed_timeout_minutes}: a peer rank hung, died or "
-            f"is too slow){where}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+            f"is too slow){hb_note}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
 
 
 def heartbeat_dir(cfg) -> Optional[str]:
@@ -157,14 +150,12 @@ class HealthMonitor:
         self.clock = ComputeClock(info.device)
         self.last_save = time.monotonic()
         self.slow = _slow_hook(self.rank)
-        self.hb_dir = heartbeat_dir(cfg)
-        self.host = socket.gethostname()
         dev = f"cuda:{torch.cuda.current_device()}" if info.device == "cuda" else "cpu"
         # Names for the straggler report, gathered once at start (strings cannot ride in the float vector).
         self.names: List[str] = [None] * info.world_size
-        dist.all_gather_object(self.names, f"{self.host}, {dev}")
-        if self.hb_dir:
-            os.makedirs(self.hb_dir, exist_ok=True)
+        dist.all_gather_object(self.names, f"{socket.gethostname()}, {dev}")
+        hb_dir = heartbeat_dir(cfg)
+        self.heartbeat = HeartbeatWriter(hb_dir, self.rank) if hb_dir else None
 
     # -------------------------------------------------------------------------------- per step (no sync)
 
@@ -172,13 +163,12 @@ class HealthMonitor:
         """The schedule calls finalize_model_grads after the last backward: that is where compute ends."""
         def timed(*args, **kwargs):
             self.clock.compute_ended()
-            at(WHERE["iteration"], "gradient reduction (finalize_model_grads)")
+            at(where()[0], "gradient reduction (finalize_model_grads)")
             return finalize(*args, **kwargs)
         return timed
 
     def step_start(self, iteration: int) -> None:
         at(iteration, "forward-backward (pipeline send/recv, tensor-parallel collectives)")
-        self.heartbeat(iteration, "step")
         self.clock.start()
         if self.slow is not None and self.slow[1] in (None, iteration):
             from megatron_llm.training import signals
@@ -207,7 +197,7 @@ class HealthMonitor:
 
     def exchange(self, stop_requested: bool) -> IntervalReport:
         """Collective: every rank calls it at the same iterations."""
-        at(WHERE["iteration"], "health exchange (all-gather at the log boundary)")
+        at(where()[0], "health exchange (all-gather at the log boundary)")
         n = len(self.pending)
         minutes = self.cfg.checkpoint.save_interval_minutes
         save_due = bool(minutes) and time.monotonic() - self.last_save >= 60.0 * minutes
@@ -231,8 +221,6 @@ class HealthMonitor:
                                 losses=losses, step_time_s=[float(x) for x in table[:, 2]],
                                 mem_gb_max=float(table[:, 3].max()))
         report.stragglers = self._stragglers(report.step_time_s)
-        if self.pending:
-            self.heartbeat(self.pending[-1][0], "logged")
         self.pending.clear()
         self.clock.clear()
         return report
@@ -245,12 +233,7 @@ class HealthMonitor:
         return [f"rank {r} ({self.names[r]}): {t:.3f} s/step vs median {med:.3f} s"
                 for r, t in enumerate(times) if t > limit and t - med > MIN_EXCESS_S]
 
-    def heartbeat(self, iteration: int, phase: str) -> None:
-        if not self.hb_dir:
-            return
-        path = os.path.join(self.hb_dir, f"rank_{self.rank:05d}.json")
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:  # rename without fsync: cheap enough per step, never torn for a reader
-            json.dump({"rank": self.rank, "iteration": iteration, "phase": phase, "time": time.time(),
-                       "host": self.host, "pid": os.getpid()}, f)
-        os.replace(tmp, path)
+    def close(self, iteration: int, exit_code: int) -> None:
+        at(iteration, f"training ended (exit code {exit_code})")
+        if self.heartbeat is not None:
+            self.heartbeat.close()

@@ -470,6 +470,7 @@ def pretrain(cfg: RunConfig, callbacks: Sequence[TrainCallback] = ()) -> Dict[st
         if exit_now:
             break
     saver.close()
+    health.close(iteration, exit_code)
     summary = {"iteration": iteration, "lm_loss": history, "val_loss": val_history, "exit_code": exit_code,
                "vocab_size": vocab_size, "padded_vocab_size": padded_vocab}
     for cb in callbacks:
