@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Optional, Tuple
 
+from megatron_llm.fileio import atomic_write_text
+
 PERIOD_S = 5.0  # far below --distributed-timeout-minutes: a hang is diagnosed minutes after it starts
 
 # (iteration, phase, unix time the phase began): replaced whole, so the writer thread never reads half an update.
@@ -60,12 +62,9 @@ class HeartbeatWriter:
             if state == self._written:
                 return
             iteration, phase, since = state
-            tmp = f"{self.path}.tmp"
-            try:
-                with open(tmp, "w") as f:  # rename without fsync: never torn for a reader, and cheap
-                    json.dump({"rank": self.rank, "iteration": iteration, "phase": phase, "since": since,
-                               "host": self.host, "pid": self.pid}, f)
-                os.replace(tmp, self.path)
+            try:  # off the step loop, so a durable write (fsync) costs the training nothing
+                atomic_write_text(self.path, json.dumps({"rank": self.rank, "iteration": iteration, "phase": phase,
+                                                         "since": since, "host": self.host, "pid": self.pid}))
             except OSError as e:  # a lost heartbeat must not stop training; say so once
                 if not self._failed:
                     self._failed = True

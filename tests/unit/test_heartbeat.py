@@ -61,7 +61,7 @@ def test_close_writes_the_last_mark_once(tmp_path):
     assert _read(tmp_path / "rank_00000.json")["iteration"] == 7 and w.writes == 1
     w.close()
     assert w.writes == 1 and not w._thread.is_alive()
-    assert not (tmp_path / "rank_00000.json.tmp").exists()
+    assert os.listdir(tmp_path) == ["rank_00000.json"]  # no temporary file left
 
 
 def test_failed_write_warns_once_and_raises_nothing(tmp_path, capsys):
