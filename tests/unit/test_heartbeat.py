@@ -36,7 +36,8 @@ def test_latest_mark_written_in_background_at_most_once_per_period(tmp_path):
         beat = _read(path)
         assert (beat["rank"], beat["iteration"], beat["phase"], beat["pid"]) == (3, 1, "forward-backward", os.getpid())
         assert t0 <= beat["since"] <= time.time()
-        first = w.writes
+        with w._lock:  # the file is renamed into place before the count goes up: let that write finish
+            first = w.writes
         start, i = time.monotonic(), 1
         while time.monotonic() - start < 1.0:  # many thousands of marks in one second
             i += 1
@@ -46,7 +47,8 @@ def test_latest_mark_written_in_background_at_most_once_per_period(tmp_path):
         assert 1 <= w.writes - first <= elapsed / 0.2 + 2, w.writes  # bounded by the period, not the marks
         assert _wait_for(lambda: _read(path)["iteration"] == i)  # the last mark, within a period
         assert _read(path)["phase"] == "optimizer step"
-        written = w.writes
+        with w._lock:
+            written = w.writes
         time.sleep(0.7)  # three periods with no new mark: nothing rewritten
         assert w.writes == written
     finally:
